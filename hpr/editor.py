@@ -1,0 +1,266 @@
+"""The HPR editor (probe + angle network) and sets of per-layer editors saved as safetensors."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from . import io
+from .architectures import fingerprint as model_fingerprint
+from .architectures import same_model
+from .errors import EditorError
+from .intervene import edit_block_outputs
+from .kernels import pseudo_rotate, reflect
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "hpr-editor-set/1"
+
+
+def angle_widths(hidden_size: int, angle_layers: int) -> list[int]:
+    """Widths of the angle MLP: d, d/2, ..., d/2^(L-1), 1 (``angle_layers`` = L linear layers)."""
+    if angle_layers < 1:
+        raise EditorError(f"angle_layers must be at least 1, got {angle_layers}")
+    return [max(1, hidden_size // 2**i) for i in range(angle_layers)] + [1]
+
+
+def mlp(widths: Sequence[int]) -> nn.Sequential:
+    """Linear layers with GELU between them (none after the last)."""
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        if i:
+            mods.append(nn.GELU())
+        mods.append(nn.Linear(a, b))
+    return nn.Sequential(*mods)
+
+
+class HPR(nn.Module):
+    """Householder pseudo-rotation editor for one layer of hidden size ``d``.
+
+    ``forward(x)`` returns ``(p, theta)``: the probe's probability that ``x`` is positive and the
+    predicted rotation angle in radians, both of shape ``x.shape[:-1]``. ``edit(x)`` rotates the
+    activations the probe calls negative (p < 0.5) by ``theta`` towards their reflection; with
+    ``use_angle=False`` (the -AnglePred ablation) it reflects them instead.
+    """
+
+    def __init__(self, hidden_size: int, angle_layers: int = 4, use_angle: bool = True) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.angle_layers = angle_layers
+        self.use_angle = use_angle
+        self.probe = nn.Linear(hidden_size, 1, bias=False)
+        self.angle = mlp(angle_widths(hidden_size, angle_layers))
+
+    @property
+    def normal(self) -> Tensor:
+        """The probe weight ``w`` (d,), normal of the reflection hyperplane."""
+        return self.probe.weight[0]
+
+    def logits(self, x: Tensor) -> Tensor:
+        return x.float() @ self.normal.float()
+
+    def theta(self, x: Tensor) -> Tensor:
+        """Predicted angle in radians, in (0, pi), shape ``x.shape[:-1]``."""
+        dtype = self.angle[0].weight.dtype
+        return math.pi * torch.sigmoid(self.angle(x.to(dtype)).squeeze(-1).float())
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.sigmoid(self.logits(x)), self.theta(x)
+
+    def edit(self, x: Tensor) -> Tensor:
+        """Edited activations, same shape and dtype as ``x``; positives are returned unchanged."""
+        negative = (self.logits(x) < 0).unsqueeze(-1)
+        w = self.normal.detach()
+        moved = pseudo_rotate(x, w, self.theta(x)) if self.use_angle else reflect(x, w)
+        return torch.where(negative, moved, x)
+
+    def __call__(self, x: Tensor) -> Any:  # typed for mypy; nn.Module dispatches to forward
+        return super().__call__(x)
+
+
+class EditorSet:
+    """Per-layer HPR editors for one model, the selected layers, and their provenance.
+
+    ``editors`` holds every trained layer; ``selected`` lists the edited ones, best first
+    (top-k by validation probe accuracy). ``config`` records hidden size, per-layer validation
+    accuracy, training parameters and dataset; ``model`` is the model fingerprint.
+    """
+
+    def __init__(
+        self,
+        editors: Mapping[int, HPR],
+        model: Mapping[str, Any],
+        selected: Sequence[int] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not editors:
+            raise EditorError("an editor set needs at least one layer")
+        self.editors = {int(k): v for k, v in sorted(editors.items())}
+        self.model = dict(model)
+        self.selected = [int(i) for i in (selected if selected is not None else self.editors)]
+        missing = [i for i in self.selected if i not in self.editors]
+        if missing:
+            raise EditorError(f"selected layers {missing} have no trained editor")
+        self.config = dict(config or {})
+        first = next(iter(self.editors.values()))
+        self.hidden_size = first.hidden_size
+
+    @property
+    def val_accuracy(self) -> dict[int, float]:
+        return {int(k): float(v) for k, v in self.config.get("val_accuracy", {}).items()}
+
+    def top(self, k: int, use_angle: bool | None = None) -> EditorSet:
+        """The same editors with the ``k`` best layers selected (by validation accuracy)."""
+        acc = self.val_accuracy
+        order = sorted(self.editors, key=lambda i: (-acc.get(i, 0.0), i))
+        out = EditorSet(self.editors, self.model, order[:k], {**self.config, "k": k})
+        if use_angle is not None:
+            out = out.with_angle(use_angle)
+        return out
+
+    def with_angle(self, use_angle: bool) -> EditorSet:
+        """A copy whose editors use (or skip, for -AnglePred) the angle network."""
+        eds = {}
+        for i, e in self.editors.items():
+            c = HPR(e.hidden_size, e.angle_layers, use_angle)
+            c.load_state_dict(e.state_dict())
+            eds[i] = c.to(next(e.parameters()).device)
+        return EditorSet(eds, self.model, self.selected, {**self.config, "use_angle": use_angle})
+
+    def check_model(self, model: nn.Module, name: str | None = None) -> None:
+        """Refuse a model whose fingerprint differs from the one the editors were trained on."""
+        fp = model_fingerprint(model, name if name is not None else self.model.get("name"))
+        if fp["hidden_size"] != self.hidden_size:
+            raise EditorError(
+                f"hidden-size mismatch: the editors have d={self.hidden_size}, the model "
+                f"{fp['name']!r} has d={fp['hidden_size']}; train editors for this model"
+            )
+        if not same_model(fp, self.model):
+            raise EditorError(
+                f"these editors were trained on {self.model} but the model is {fp}; "
+                "train editors for this model (hpr train --model ...)"
+            )
+
+    @contextmanager
+    def apply(self, model: nn.Module, check: bool = True) -> Iterator[nn.Module]:
+        """Edit the selected layers of ``model`` inside the block; hooks removed on exit."""
+        if check:
+            self.check_model(model)
+        edits = {i: _EditCall(self.editors[i]) for i in self.selected}
+        with torch.no_grad(), edit_block_outputs(model, edits):
+            yield model
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        out = Path(directory)
+        tensors: dict[str, Tensor] = {}
+        layers = {}
+        for i, e in self.editors.items():
+            for k, v in e.state_dict().items():
+                tensors[f"layer{i}.{k}"] = v
+            layers[str(i)] = {"angle_layers": e.angle_layers, "use_angle": e.use_angle}
+        io.save_tensors(out / WEIGHTS_FILE, tensors, {"format": FORMAT})
+        cfg = {
+            "format": FORMAT,
+            "hidden_size": self.hidden_size,
+            "layers": sorted(self.editors),
+            "selected": self.selected,
+            "editors": layers,
+            "model": self.model,
+            **{k: v for k, v in self.config.items() if k not in {"format", "editors", "model"}},
+        }
+        io.write_json(out / CONFIG_FILE, cfg)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, model: nn.Module | None = None) -> EditorSet:
+        """Load a saved set; with ``model``, refuse it unless it matches the fingerprint."""
+        cfg = read_config(directory)
+        path = Path(directory) / WEIGHTS_FILE
+        if not path.is_file():
+            raise EditorError(f"{path} is missing; re-save the editors or train them again")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise EditorError(f"{path} is not a readable safetensors file ({exc}); retrain") from exc
+        d = int(cfg["hidden_size"])
+        editors = {}
+        for key, spec in cfg["editors"].items():
+            e = HPR(d, int(spec["angle_layers"]), bool(spec["use_angle"]))
+            prefix = f"layer{key}."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                e.load_state_dict(state)
+            except RuntimeError as exc:
+                raise EditorError(
+                    f"weights of layer {key} in {path} do not fit an editor of hidden size {d}: {exc}"
+                ) from exc
+            editors[int(key)] = e
+        extra = {k: v for k, v in cfg.items() if k not in {"editors", "model", "selected"}}
+        out = cls(editors, cfg["model"], cfg["selected"], extra)
+        if model is not None:
+            out.check_model(model)
+        return out
+
+
+class _EditCall:
+    """A picklable callable ``x -> editor.edit(x)`` that the hooks can move to a device."""
+
+    def __init__(self, editor: HPR) -> None:
+        self.editor = editor
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.editor.normal.device != x.device:
+            self.editor.to(x.device)
+        return self.editor.edit(x)
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """Read and validate an editor directory's ``config.json``; ``EditorError`` if unusable."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise EditorError(f"editor directory {d} does not exist; train editors with `hpr train`")
+    path = d / CONFIG_FILE
+    if not path.is_file():
+        raise EditorError(f"{path} is missing; {d} is not a saved editor set")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EditorError(f"{path} is not valid JSON ({exc}); re-save or retrain the editors") from exc
+    if not isinstance(cfg, dict):
+        raise EditorError(f"{path} must hold a JSON object")
+    problems = []
+    if not isinstance(cfg.get("hidden_size"), int) or cfg["hidden_size"] < 1:
+        problems.append("hidden_size must be a positive integer")
+    eds = cfg.get("editors")
+    if not isinstance(eds, dict) or not eds:
+        problems.append("editors must be a non-empty object")
+    else:
+        for key, spec in eds.items():
+            if not str(key).lstrip("-").isdigit() or int(key) < 0:
+                problems.append(f"editor key {key!r} is not a layer index")
+            elif not isinstance(spec, dict) or not isinstance(spec.get("angle_layers"), int) \
+                    or not 1 <= spec["angle_layers"] <= 16 or not isinstance(spec.get("use_angle"), bool):
+                problems.append(f"editor {key} needs angle_layers (1..16) and use_angle (bool)")
+    if not isinstance(cfg.get("model"), dict):
+        problems.append("model (the fingerprint) must be an object")
+    sel = cfg.get("selected")
+    if not isinstance(sel, list) or not all(isinstance(i, int) for i in sel):
+        problems.append("selected must be a list of layer indices")
+    elif isinstance(eds, dict) and any(str(i) not in eds for i in sel):
+        problems.append("selected names a layer without an editor")
+    if problems:
+        raise EditorError(f"{path} is not a valid editor config: " + "; ".join(problems))
+    return cfg
+
+
+__all__ = ["HPR", "EditorSet", "angle_widths", "mlp", "read_config"]
