@@ -2,16 +2,32 @@
 
 A method is applied with ``with method.apply(model): ...`` (the edit is removed on exit, also
 on exceptions), saved with ``save(dir)`` and loaded with ``Method.load(dir, model=...)``.
+
+``METHOD_NAMES`` lists the rows of the paper's Table 1; ``load_method(name, dir, model)`` loads
+any of them and ``fit_method(name, ...)`` trains the baselines (ITI, Diff, LoRA). HPR and
+-AnglePred are trained by ``hpr.train``. Every saved method is a directory with ``config.json``
+(format, method name, model fingerprint, options) and safetensors weights; nothing is pickled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
+
+from .architectures import fingerprint, same_model
+from .errors import EditorError, ParameterError
+
+#: The rows of the paper's Table 1, in order.
+METHOD_NAMES: tuple[str, ...] = ("base", "hpr", "hpr-noangle", "iti", "diff", "lora")
+#: Methods that ``fit_method`` trains (HPR and -AnglePred are trained by ``hpr.train``).
+FITTABLE: tuple[str, ...] = ("iti", "diff", "lora")
+CONFIG_FILE = "config.json"
+METHOD_FORMAT = "hpr-method/1"
 
 
 @runtime_checkable
@@ -42,3 +58,126 @@ class Base:
     @classmethod
     def load(cls, directory: str | Path, model: Any = None) -> Base:
         return cls()
+
+
+def read_method_config(directory: str | Path, method: str) -> dict[str, Any]:
+    """Read ``directory/config.json`` of a saved ``method``; ``EditorError`` if unusable."""
+    d = Path(directory)
+    path = d / CONFIG_FILE
+    if not path.is_file():
+        raise EditorError(
+            f"{path} is missing; {d} is not a saved {method} method. "
+            f"Train it with `hpr train --method {method} --out {d}`"
+        )
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EditorError(f"{path} is not valid JSON ({exc}); train the {method} method again") from exc
+    if not isinstance(cfg, dict) or cfg.get("method") != method:
+        found = cfg.get("method") if isinstance(cfg, dict) else None
+        raise EditorError(
+            f"{path} describes method {found!r}, not {method!r}; load it with "
+            f"load_method({found!r}, ...) or point to a {method} directory"
+        )
+    if not isinstance(cfg.get("model"), dict):
+        raise EditorError(f"{path} has no model fingerprint ('model' object); train it again")
+    return cfg
+
+
+def check_fingerprint(saved: dict[str, Any], model: nn.Module, method: str) -> None:
+    """Refuse ``model`` unless its fingerprint matches the one ``method`` was fitted on."""
+    fp = fingerprint(model, saved.get("name"))
+    if not same_model(fp, saved):
+        raise EditorError(
+            f"this {method} method was fitted on {saved} but the model is {fp}; "
+            f"fit it for this model (hpr train --method {method} --model ...)"
+        )
+
+
+def _check_name(name: str) -> str:
+    if name not in METHOD_NAMES:
+        raise ParameterError(f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)}")
+    return name
+
+
+def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwargs: Any) -> EditMethod:
+    """Load the method ``name`` saved in ``directory`` for ``model`` (fingerprint checked).
+
+    ``base`` ignores ``directory``; ``hpr`` loads an ``EditorSet``; ``hpr-noangle`` the same set
+    with the angle network switched off (reflection alone). Keyword options are forwarded to the
+    method's ``load`` (e.g. ``alpha=200.0`` for ITI).
+    """
+    _check_name(name)
+    if name == "base":
+        return Base()
+    if directory is None:
+        raise ParameterError(f"method {name!r} needs the directory it was saved in (got None)")
+    if name in ("hpr", "hpr-noangle"):
+        from .editor import EditorSet
+
+        if kwargs:
+            raise ParameterError(f"method {name!r} takes no load options, got {sorted(kwargs)}")
+        es = EditorSet.load(directory, model)
+        return es.with_angle(False) if name == "hpr-noangle" else es
+    if name == "iti":
+        from .iti import ITI
+
+        return ITI.load(directory, model, **kwargs)
+    if name == "diff":
+        from .diff import Diff
+
+        return Diff.load(directory, model, **kwargs)
+    from .lora import LoRA
+
+    return LoRA.load(directory, model, **kwargs)
+
+
+def fit_method(
+    name: str,
+    *,
+    model: nn.Module,
+    tokenizer: Any,
+    train: Sequence[Any],
+    val: Sequence[Any],
+    out: str | Path,
+    seed: int = 0,
+    dataset: str = "truthfulqa",
+    **options: Any,
+) -> EditMethod:
+    """Fit baseline ``name`` (iti, diff or lora) on ``train`` (model selection on ``val``).
+
+    ``train``/``val`` are lists of ``hpr.records.Record``. The fitted method is saved to ``out``
+    (atomic writes) and returned. ``options`` are the method's hyperparameters (see
+    ``hpr.iti.fit_iti``, ``hpr.diff.fit_diff``, ``hpr.lora.fit_lora``).
+    """
+    _check_name(name)
+    if name not in FITTABLE:
+        raise ParameterError(
+            f"fit_method fits {', '.join(FITTABLE)}; {name!r} is "
+            + ("the unedited model" if name == "base" else "trained by hpr.train (hpr train --method hpr)")
+        )
+    if not train:
+        raise ParameterError(f"no training records to fit {name!r} on; check the dataset split")
+    common = {"model": model, "tokenizer": tokenizer, "train": list(train), "val": list(val),
+              "seed": seed, "dataset": dataset}
+    method: Any
+    if name == "iti":
+        from .iti import fit_iti
+
+        method = fit_iti(**common, **options)
+    elif name == "diff":
+        from .diff import fit_diff
+
+        method = fit_diff(**common, **options)
+    else:
+        from .lora import fit_lora
+
+        method = fit_lora(**common, **options)
+    method.save(out)
+    return method  # type: ignore[no-any-return]
+
+
+__all__ = [
+    "METHOD_NAMES", "FITTABLE", "EditMethod", "Base", "load_method", "fit_method",
+    "read_method_config", "check_fingerprint",
+]

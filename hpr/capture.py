@@ -1,0 +1,328 @@
+"""Capture decoder-block outputs at the answer tokens of (prompt, answer) sequences.
+
+Every choice of every record becomes one sequence (``hpr.prompts``): the T true and F false
+answers of a question are T + F sequences, each run through the model once (batched, right
+padding, attention mask). Pairs are formed afterwards from the captured activations.
+
+In memory: ``Captured``
+
+- ``data``: Tensor ``(L, N, d)``: ``data[j, n]`` is the output of decoder block ``layers[j]``
+  (the residual stream after it, ``output[0]`` of the block) at answer token row ``n``. dtype:
+  float32, or the model's dtype when it is half precision (float16 / bfloat16).
+- ``acts``: ``dict[layer, Tensor (N, d)]``: views into ``data``; ``layers``: the block indices.
+- Per token row ``n`` (``N`` rows; rows of one sequence are contiguous, in answer order):
+  ``label`` (1 = positive/correct answer, 0 = negative), ``question`` (index into the records
+  list), ``sequence`` (index of the (prompt, answer) sequence), ``position`` (0-based offset in
+  the answer), ``token`` (token id), all int64 of shape ``(N,)``.
+- ``meta``: model fingerprint, dataset, split, prompt format, seed, chat flag, data hash,
+  record ids, the cache key.
+- ``pairs(threshold=0.75)`` -> ``(neg_index, pos_index)``: int64 ``(P,)`` row indices. For every
+  (negative answer, positive answer) of a question: the aligned answer positions
+  ``0 .. min(len_neg, len_pos) - 1``, minus the positions where the two activations share at
+  least ``threshold`` of their elements (equal within rtol 1e-3, atol 1e-5: the shared prefix
+  of the two answers), as the paper's code does. With ``layer=None`` a position is dropped if it
+  is shared at any captured layer, so every layer trains on the same pairs.
+
+On disk: one safetensors file ``cache_dir()/activations/<dataset>-<split>-<key>.safetensors``
+with tensors ``acts`` ``(L, N, d)``, ``label``, ``question``, ``sequence``, ``position``,
+``token`` and metadata ``{"hpr": json(meta)}``. ``key`` hashes the model fingerprint and dtype,
+dataset, split, prompt format, seed, chat flag, layers and the records themselves; a rerun with
+the same inputs loads the file instead of running the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import io
+from .architectures import decoder_layers, hidden_size
+from .architectures import fingerprint as model_fingerprint
+from .errors import DataError, ParameterError
+from .prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
+from .records import Record
+
+#: Bump when the capture procedure changes, to invalidate old caches.
+CAPTURE_VERSION = 1
+#: Default fraction of identical elements above which a position counts as shared prefix.
+SHARED_THRESHOLD = 0.75
+_ROW_FIELDS = ("label", "question", "sequence", "position", "token")
+
+
+@dataclass
+class Captured:
+    """Captured activations of one split; see the module docstring for the layout."""
+
+    data: Tensor
+    layers: list[int]
+    label: Tensor
+    question: Tensor
+    sequence: Tensor
+    position: Tensor
+    token: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.data.shape[1]
+        if self.data.dim() != 3 or self.data.shape[0] != len(self.layers):
+            raise DataError(f"captured data must be (L={len(self.layers)}, N, d), got {tuple(self.data.shape)}")
+        for name in _ROW_FIELDS:
+            if getattr(self, name).shape != (n,):
+                raise DataError(f"captured {name} must have shape ({n},)")
+
+    @property
+    def acts(self) -> dict[int, Tensor]:
+        """``layer -> (N, d)`` views into ``data``."""
+        return {layer: self.data[j] for j, layer in enumerate(self.layers)}
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.data.shape[2])
+
+    def layer_index(self, layer: int) -> int:
+        try:
+            return self.layers.index(int(layer))
+        except ValueError:
+            raise ParameterError(f"layer {layer} was not captured; captured: {self.layers}") from None
+
+    def candidate_pairs(self) -> tuple[Tensor, Tensor]:
+        """All aligned (negative row, positive row) positions, before the shared-prefix filter."""
+        seq = self.sequence
+        starts = torch.ones_like(seq, dtype=torch.bool)
+        starts[1:] = seq[1:] != seq[:-1]
+        first = torch.nonzero(starts).squeeze(-1)
+        lengths = torch.diff(torch.cat([first, torch.tensor([len(seq)])]))
+        q, lab = self.question[first].tolist(), self.label[first].tolist()
+        by_q: dict[int, tuple[list[int], list[int]]] = {}
+        for s in range(len(first)):
+            by_q.setdefault(q[s], ([], []))[lab[s]].append(s)
+        negs: list[Tensor] = []
+        poss: list[Tensor] = []
+        for neg_seqs, pos_seqs in by_q.values():
+            for f in neg_seqs:
+                for p in pos_seqs:
+                    m = int(min(lengths[f], lengths[p]))
+                    ar = torch.arange(m)
+                    negs.append(first[f] + ar)
+                    poss.append(first[p] + ar)
+        if not negs:
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty
+        return torch.cat(negs), torch.cat(poss)
+
+    def pairs(
+        self, threshold: float = SHARED_THRESHOLD, layer: int | None = None, chunk: int = 8192
+    ) -> tuple[Tensor, Tensor]:
+        """``(neg_index, pos_index)`` rows of the training pairs; see the module docstring."""
+        neg, pos = self.candidate_pairs()
+        if len(neg) == 0:
+            return neg, pos
+        js = range(len(self.layers)) if layer is None else [self.layer_index(layer)]
+        shared = torch.zeros(len(neg), dtype=torch.bool)
+        for j in js:
+            x = self.data[j]
+            for s in range(0, len(neg), chunk):
+                a, b = x[neg[s : s + chunk]].float(), x[pos[s : s + chunk]].float()
+                same = torch.isclose(a, b, rtol=1e-3, atol=1e-5).float().mean(-1) >= threshold
+                shared[s : s + chunk] |= same
+        keep = ~shared
+        return neg[keep], pos[keep]
+
+    def subset_layers(self, layers: Sequence[int]) -> Captured:
+        """The same rows restricted to ``layers`` (views, no copy when contiguous)."""
+        js = [self.layer_index(i) for i in layers]
+        return Captured(self.data[js], [int(i) for i in layers], self.label, self.question,
+                        self.sequence, self.position, self.token, dict(self.meta))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the safetensors file atomically."""
+        tensors = {"acts": self.data, **{k: getattr(self, k) for k in _ROW_FIELDS}}
+        meta = {**self.meta, "layers": self.layers}
+        io.save_tensors(path, tensors, {"hpr": json.dumps(meta)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Captured:
+        """Read a file written by ``save``; ``DataError`` if it is unreadable."""
+        p = Path(path)
+        try:
+            with safe_open(str(p), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {})["hpr"])
+                t = {k: fh.get_tensor(k) for k in ("acts", *_ROW_FIELDS)}
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise DataError(f"{p} is not a readable activation file ({exc}); delete it and rerun") from exc
+        layers = [int(i) for i in meta.get("layers", [])]
+        return cls(t["acts"], layers, *(t[k] for k in _ROW_FIELDS), meta=meta)
+
+
+def data_hash(records: Sequence[Record]) -> str:
+    """A hash of the records' full content (the data version of a capture)."""
+    return io.stable_hash([r.to_dict() for r in records])
+
+
+def _store_dtype(model: nn.Module) -> torch.dtype:
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    n = len(decoder_layers(model))
+    if layers is None:
+        return list(range(n))
+    out = sorted({int(i) for i in layers})
+    bad = [i for i in out if not 0 <= i < n]
+    if bad or not out:
+        raise ParameterError(f"layers {bad or '[]'} are not valid for a model with {n} blocks (0..{n - 1})")
+    return out
+
+
+def capture_key(
+    model: nn.Module, records: Sequence[Record], *, layers: Sequence[int], dataset: str, split: str,
+    prompt_format: str, seed: int, chat: bool, name: str | None = None,
+) -> str:
+    """The cache key of a capture (see the module docstring)."""
+    return io.stable_hash({
+        "v": CAPTURE_VERSION, "model": model_fingerprint(model, name),
+        "dtype": str(next(model.parameters()).dtype), "dataset": dataset, "split": split,
+        "format": prompt_format, "seed": seed, "chat": chat, "layers": list(layers),
+        "data": data_hash(records),
+    })
+
+
+def _block_output(output: Any) -> Tensor:
+    return output if isinstance(output, Tensor) else output[0]
+
+
+def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
+@torch.inference_mode()
+def run_capture(
+    model: nn.Module, tokenizer: Any, records: Sequence[Record], *, layers: Sequence[int] | None = None,
+    prompt_format: str = DEFAULT_FORMAT, seed: int = 0, chat: bool | None = None,
+    batch_size: int = 16, progress: bool = True, meta: dict[str, Any] | None = None,
+) -> Captured:
+    """Run every (prompt, answer) sequence of ``records`` once and keep the answer-token outputs."""
+    if not records:
+        raise DataError("no records to capture; check the dataset split")
+    if batch_size < 1:
+        raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
+    lay = _resolve_layers(model, layers)
+    seqs: list[tuple[int, int, list[int]]] = []  # (question, label, ids); answer = last alen ids
+    alens: list[int] = []
+    for qi, rec in enumerate(records):
+        if not rec.correct or len(rec.correct) == len(rec.choices):
+            raise DataError(f"record {rec.id!r} needs at least one correct and one incorrect choice")
+        for _choice, ok, prompt, answer in format_record(rec, prompt_format, seed):
+            enc = encode(tokenizer, prompt, answer, chat)
+            seqs.append((qi, int(ok), list(enc.ids)))
+            alens.append(len(enc.answer_ids))
+    offsets = torch.cumsum(torch.tensor([0, *alens]), 0)
+    n_rows, d = int(offsets[-1]), hidden_size(model)
+    data = torch.empty(len(lay), n_rows, d, dtype=_store_dtype(model))
+    rows: dict[str, list[int]] = {k: [] for k in _ROW_FIELDS}
+    for s, (qi, lab, ids) in enumerate(seqs):
+        a = alens[s]
+        rows["label"] += [lab] * a
+        rows["question"] += [qi] * a
+        rows["sequence"] += [s] * a
+        rows["position"] += list(range(a))
+        rows["token"] += ids[-a:]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda s: -len(seqs[s][2]))
+    blocks = decoder_layers(model)
+    grabbed: dict[int, Tensor] = {}
+
+    def make_hook(j: int) -> Any:
+        def hook(_m: nn.Module, _a: Any, out: Any) -> None:
+            grabbed[j] = _block_output(out)
+        return hook
+
+    handles = [blocks[i].register_forward_hook(make_hook(j)) for j, i in enumerate(lay)]
+    extra = _forward_kwargs(model)
+    try:
+        bar = tqdm(range(0, len(order), batch_size), desc="capture", unit="batch", disable=not progress)
+        for b in bar:
+            batch = order[b : b + batch_size]
+            width = max(len(seqs[s][2]) for s in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, s in enumerate(batch):
+                toks = seqs[s][2]
+                ids[r, : len(toks)] = torch.tensor(toks)
+                mask[r, : len(toks)] = 1
+            grabbed.clear()
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
+            for j in range(len(lay)):
+                h = grabbed[j]
+                for r, s in enumerate(batch):
+                    end = len(seqs[s][2])
+                    lo, hi = int(offsets[s]), int(offsets[s + 1])
+                    data[j, lo:hi] = h[r, end - (hi - lo) : end].to("cpu", data.dtype)
+    finally:
+        for h in handles:
+            h.remove()
+    t = {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
+    m = dict(meta or {})
+    m.update({"num_sequences": len(seqs), "num_questions": len(records),
+              "record_ids": [r.id for r in records]})
+    return Captured(data, lay, t["label"], t["question"], t["sequence"], t["position"], t["token"], m)
+
+
+def capture(
+    model: nn.Module, tokenizer: Any, records: Sequence[Record], *, dataset: str = "custom",
+    split: str = "train", layers: Sequence[int] | None = None, prompt_format: str = DEFAULT_FORMAT,
+    seed: int = 0, chat: bool | None = None, batch_size: int = 16, cache: bool = True,
+    cache_root: str | Path | None = None, progress: bool = True, name: str | None = None,
+) -> Captured:
+    """Capture (or load from the cache) the answer-token activations of ``records``.
+
+    ``name``: the model's name for its fingerprint (defaults to ``model.hpr_name``).
+    The cache file lives under ``cache_root`` (default ``hpr.io.cache_dir()/activations``).
+    """
+    lay = _resolve_layers(model, layers)
+    use_chat = has_chat_template(tokenizer) if chat is None else chat
+    name = name or getattr(model, "hpr_name", None)
+    key = capture_key(model, records, layers=lay, dataset=dataset, split=split,
+                      prompt_format=prompt_format, seed=seed, chat=use_chat, name=name)
+    root = Path(cache_root) if cache_root is not None else io.cache_dir() / "activations"
+    path = root / f"{_slug(dataset)}-{_slug(split)}-{key}.safetensors"
+    if cache and path.is_file():
+        try:
+            return Captured.load(path)
+        except DataError:
+            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
+    meta = {"key": key, "model": model_fingerprint(model, name), "dataset": dataset, "split": split,
+            "prompt_format": prompt_format, "seed": seed, "chat": use_chat,
+            "data_hash": data_hash(records), "capture_version": CAPTURE_VERSION}
+    cap = run_capture(model, tokenizer, records, layers=lay, prompt_format=prompt_format, seed=seed,
+                      chat=use_chat, batch_size=batch_size, progress=progress, meta=meta)
+    if cache:
+        cap.save(path)
+        cap.meta["path"] = str(path)
+    return cap
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:40] or "x"
+
+
+__all__ = ["CAPTURE_VERSION", "SHARED_THRESHOLD", "Captured", "capture", "capture_key", "data_hash",
+           "run_capture"]

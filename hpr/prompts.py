@@ -1,0 +1,153 @@
+"""Training prompt formats: how one (question, answer) becomes a token sequence.
+
+A *format* is a function ``(record, choice, seed) -> (prompt, answer)`` on plain strings, kept
+in ``PROMPT_FORMATS`` by name:
+
+- ``"mc-letter"`` (default, the paper's): the question, then every choice on its own line as
+  ``"X. <text>"`` in a seeded random order (the same order for every answer of a question),
+  then ``"Answer:"``; the answer is ``"X. <choice text>"``.
+- ``"qa"``: prompt ``"Q: <question>\\nA:"``, answer ``"<choice text>"``.
+
+``encode`` turns ``(prompt, answer)`` into token ids: with the tokenizer's chat template when it
+has one (user message = the prompt, assistant message = the answer), else plain text
+``prompt + " " + answer``. It returns the ids of the prompt part (template included) and of the
+answer part; activations are read at the answer part's tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DataError, ParameterError
+from .io import stable_hash
+from .records import Record
+
+#: ``(record, choice index, seed) -> (prompt text, answer text)``.
+PromptFormat = Callable[[Record, int, int], tuple[str, str]]
+
+
+def letters(n: int) -> list[str]:
+    """Labels for ``n`` choices: A..Z, then AA, AB, ..."""
+    out = []
+    for i in range(n):
+        s, k = "", i
+        while True:
+            s = chr(ord("A") + k % 26) + s
+            k = k // 26 - 1
+            if k < 0:
+                break
+        out.append(s)
+    return out
+
+
+def choice_order(record: Record, seed: int) -> list[int]:
+    """A seeded random permutation of ``record``'s choices, stable across runs and processes."""
+    order = list(range(len(record.choices)))
+    random.Random(f"{seed}:{stable_hash([record.id, list(record.choices)])}").shuffle(order)
+    return order
+
+
+def mc_letter(record: Record, choice: int, seed: int = 0) -> tuple[str, str]:
+    """The paper's format: question, lettered shuffled choices, ``Answer:``; answer ``X. text``."""
+    order = choice_order(record, seed)
+    labels = letters(len(order))
+    lines = [record.prompt.strip()]
+    label_of = {}
+    for lab, idx in zip(labels, order, strict=True):
+        lines.append(f"{lab}. {record.choices[idx].strip()}")
+        label_of[idx] = lab
+    lines.append("Answer:")
+    return "\n".join(lines), f"{label_of[choice]}. {record.choices[choice].strip()}"
+
+
+def qa(record: Record, choice: int, seed: int = 0) -> tuple[str, str]:
+    """``Q: <question>`` / ``A: <answer>``."""
+    return f"Q: {record.prompt.strip()}\nA:", record.choices[choice].strip()
+
+
+PROMPT_FORMATS: dict[str, PromptFormat] = {"mc-letter": mc_letter, "qa": qa}
+DEFAULT_FORMAT = "mc-letter"
+
+
+def get_format(name: str) -> PromptFormat:
+    """The format called ``name``; ``ParameterError`` listing the known ones otherwise."""
+    try:
+        return PROMPT_FORMATS[name]
+    except KeyError:
+        raise ParameterError(
+            f"unknown prompt format {name!r}; choose one of {', '.join(sorted(PROMPT_FORMATS))} "
+            "(or add a function to hpr.prompts.PROMPT_FORMATS)"
+        ) from None
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one (prompt, answer) sequence: ``prompt_ids + answer_ids``."""
+
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return self.prompt_ids + self.answer_ids
+
+
+def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def encode(tokenizer: Any, prompt: str, answer: str, chat: bool | None = None) -> Encoded:
+    """Token ids of ``prompt`` and ``answer``; ``chat=None`` uses the chat template if any.
+
+    With a chat template the prompt part is the template up to the assistant turn
+    (``add_generation_prompt=True``) and the answer part is the answer text only (the template's
+    end-of-turn tokens are not part of it). Without one, the prompt gets the tokenizer's special
+    tokens (BOS) and the answer is ``" " + answer``.
+    """
+    use_chat = has_chat_template(tokenizer) if chat is None else chat
+    if use_chat:
+        if not has_chat_template(tokenizer):
+            raise ParameterError("chat=True but the tokenizer has no chat template; use chat=None")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        p_ids, a_ids = _ids(tokenizer, text, False), _ids(tokenizer, answer, False)
+    else:
+        p_ids, a_ids = _ids(tokenizer, prompt, True), _ids(tokenizer, " " + answer, False)
+    if not a_ids:
+        raise DataError(f"the answer {answer!r} has no tokens; remove empty choices from the data")
+    return Encoded(tuple(p_ids), tuple(a_ids))
+
+
+def format_record(
+    record: Record, fmt: str = DEFAULT_FORMAT, seed: int = 0
+) -> list[tuple[int, bool, str, str]]:
+    """Every choice of ``record`` as ``(choice, is_correct, prompt, answer)``."""
+    if not record.choices:
+        raise DataError(f"record {record.id!r} has no choices")
+    f = get_format(fmt)
+    good = set(record.correct)
+    return [(i, i in good, *f(record, i, seed)) for i in range(len(record.choices))]
+
+
+__all__ = [
+    "DEFAULT_FORMAT",
+    "PROMPT_FORMATS",
+    "Encoded",
+    "PromptFormat",
+    "choice_order",
+    "encode",
+    "format_record",
+    "get_format",
+    "has_chat_template",
+    "letters",
+    "mc_letter",
+    "qa",
+]

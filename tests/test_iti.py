@@ -1,0 +1,167 @@
+"""ITI on the tiny random Llama: fitting, applying everywhere, restoring, saving."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpr.errors import EditorError
+from hpr.iti import ITI, default_k, fit_iti, head_dim, mass_mean_directions, qa_examples
+from hpr.records import Record
+from tests.conftest import tiny_llama
+
+
+def records(n: int, offset: int = 0) -> list[Record]:
+    out = []
+    for i in range(offset, offset + n):
+        out.append(Record(
+            id=f"q{i}", prompt=f"Is {i} even?", choices=("yes" if i % 2 == 0 else "no", "maybe", "never"),
+            correct=(0,), best=0, mc1=(0, 1, 2),
+        ))
+    return out
+
+
+@pytest.fixture
+def fitted(tiny_model, tokenizer) -> ITI:
+    return fit_iti(model=tiny_model, tokenizer=tokenizer, train=records(8), val=records(4, 100),
+                   k=3, progress=False)
+
+
+def batch(tokenizer):
+    return tokenizer(["Q: hello\nA: world", "Q: hi\nA:  there!"], return_tensors="pt", padding=True)
+
+
+def test_default_k_keeps_paper_fraction():
+    assert default_k(1024) == 48
+    assert default_k(270) == 13
+    assert default_k(16) == 1
+
+
+def test_fit_ranks_heads_and_stores_train_stats(fitted, tiny_model):
+    assert len(fitted.heads) == 3 and len(set(fitted.heads)) == 3
+    accs = [r["val_accuracy"] for r in fitted.config["ranking"]]
+    assert accs == sorted(accs, reverse=True)
+    assert torch.allclose(fitted.directions.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert fitted.head_dim == head_dim(tiny_model) == 16
+    assert fitted.config["n_train_examples"] == 24 and fitted.config["n_val_examples"] == 12
+
+
+def test_statistics_come_from_train_only(tiny_model, tokenizer):
+    train = records(8)
+    a = fit_iti(model=tiny_model, tokenizer=tokenizer, train=train, val=records(4, 100), k=2, progress=False)
+    b = fit_iti(model=tiny_model, tokenizer=tokenizer, train=train, val=records(4, 100), k=2, progress=False)
+    # Same val split -> same heads; directions/sigmas depend on train only, so a different val
+    # split that happens to select the same heads must give the same statistics.
+    c = fit_iti(model=tiny_model, tokenizer=tokenizer, train=train, val=records(6, 300), k=16, progress=False)
+    assert a.heads == b.heads
+    for head, d, s in zip(a.heads, a.directions, a.sigmas):
+        j = c.heads.index(head)
+        assert torch.equal(c.directions[j], d) and torch.equal(c.sigmas[j], s)
+
+
+def test_mass_mean_direction_and_scale():
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [-1.0, 0.0], [-3.0, 0.0]])
+    y = torch.tensor([1, 1, 0, 0])
+    d, s = mass_mean_directions(x, y)
+    assert torch.allclose(d, torch.tensor([1.0, 0.0]))
+    assert torch.isclose(s, torch.tensor([1.0, 3.0, -1.0, -3.0]).std())
+
+
+def test_qa_examples_labels():
+    texts, y = qa_examples(records(1))
+    assert texts[0] == "Q: Is 0 even?\nA: yes" and y.tolist() == [1, 0, 0]
+
+
+def test_shift_at_every_position_of_every_element(fitted, tiny_model, tokenizer):
+    ids = batch(tokenizer)
+    layer = fitted.layers[0]
+    seen: dict[str, torch.Tensor] = {}
+    proj = tiny_model.model.layers[layer].self_attn.o_proj
+
+    def grab(name):
+        def hook(_m, args):
+            seen[name] = args[0].detach().clone()
+        return hook
+
+    h = proj.register_forward_pre_hook(grab("before"))
+    with fitted.apply(tiny_model):
+        h2 = proj.register_forward_pre_hook(grab("after"))  # runs after the ITI hook
+        tiny_model(**ids)
+    h.remove()
+    h2.remove()
+    delta = seen["after"] - seen["before"]
+    expected = fitted.shifts()[layer]
+    assert torch.allclose(delta, expected.expand_as(delta), atol=1e-6)
+    assert expected.abs().sum() > 0
+
+
+def test_apply_changes_and_restores_bit_for_bit(fitted, tiny_model, tokenizer):
+    ids = batch(tokenizer)
+    base = tiny_model(**ids).logits
+    with fitted.apply(tiny_model):
+        edited = tiny_model(**ids).logits
+    assert not torch.allclose(base, edited)
+    assert torch.equal(tiny_model(**ids).logits, base)
+    with pytest.raises(RuntimeError), fitted.apply(tiny_model):
+        raise RuntimeError("boom")
+    assert torch.equal(tiny_model(**ids).logits, base)
+
+
+def test_alpha_scales_edit(fitted, tiny_model, tokenizer):
+    ids = batch(tokenizer)
+    base = tiny_model(**ids).logits
+    with fitted.apply(tiny_model):
+        e15 = tiny_model(**ids).logits
+    with fitted.with_alpha(200.0).apply(tiny_model):
+        e200 = tiny_model(**ids).logits
+    assert (e200 - base).abs().mean() > (e15 - base).abs().mean()
+    with fitted.with_alpha(0.0).apply(tiny_model):
+        assert torch.equal(tiny_model(**ids).logits, base)
+
+
+def test_batch_edits_every_element(fitted, tiny_model, tokenizer):
+    texts = ["Q: a\nA: b", "Q: ccc\nA: d", "Q: e\nA: ff"]
+    tokenizer.padding_side = "right"
+    ids = tokenizer(texts, return_tensors="pt", padding=True)
+    with fitted.apply(tiny_model):
+        together = tiny_model(**ids).logits
+        for i, t in enumerate(texts):
+            alone = tiny_model(**tokenizer([t], return_tensors="pt")).logits[0]
+            n = alone.shape[0]
+            assert torch.allclose(together[i, :n], alone, atol=1e-5)
+    base = tiny_model(**ids).logits
+    for i in range(len(texts)):
+        n = int(ids["attention_mask"][i].sum())
+        assert not torch.allclose(together[i, :n], base[i, :n])
+
+
+def test_save_load_round_trip(fitted, tiny_model, tokenizer, tmp_path):
+    ids = batch(tokenizer)
+    fitted.save(tmp_path / "iti")
+    loaded = ITI.load(tmp_path / "iti", tiny_model)
+    assert loaded.heads == fitted.heads and loaded.alpha == 15.0
+    with fitted.apply(tiny_model):
+        a = tiny_model(**ids).logits
+    with loaded.apply(tiny_model):
+        b = tiny_model(**ids).logits
+    assert torch.equal(a, b)
+    assert ITI.load(tmp_path / "iti", alpha=200.0).alpha == 200.0
+
+
+def test_mismatched_model_refused(fitted, tmp_path):
+    other = tiny_llama(layers=3)
+    with pytest.raises(EditorError), fitted.apply(other):
+        pass
+    fitted.save(tmp_path / "iti")
+    with pytest.raises(EditorError):
+        ITI.load(tmp_path / "iti", other)
+
+
+def test_generate_edits_each_new_token(fitted, tiny_model, tokenizer):
+    ids = tokenizer(["Q: hello\nA:"], return_tensors="pt")
+    kw = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with fitted.with_alpha(500.0).apply(tiny_model):
+        edited = tiny_model.generate(**ids, **kw)
+        # Without a KV cache every position is recomputed and edited; same tokens.
+        nocache = tiny_model.generate(**ids, use_cache=False, **kw)
+    assert torch.equal(edited, nocache)
