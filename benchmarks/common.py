@@ -78,24 +78,23 @@ def overhead(edited: list[float], plain: list[float]) -> float:
 
 def paired_overhead(edited: list[float], plain: list[float]) -> float:
     """Median of per-round ratios ``edited[i] / plain[i] - 1`` (robust to slow drifts in load)."""
-    return float(statistics.median(e / p for e, p in zip(edited, plain))) - 1.0
+    return float(statistics.median(e / p for e, p in zip(edited, plain, strict=True))) - 1.0
 
 
-def bench_model(name: str = "smollm2-135m-instruct") -> tuple[Any, dict[str, Any]]:
+def bench_model(name: str = "smollm2-135m-instruct") -> tuple[Any, Any, dict[str, Any]]:
     """The embedded model ``name`` in eval mode, or a random model of SmolLM2's shape.
 
-    Returns ``(model, info)``; ``info["model"]`` says which one was used and why.
+    Returns ``(model, tokenizer, info)``; ``info["model"]`` says which one was used and why
+    (the random stand-in has no tokenizer: ``None``).
     """
     import torch
 
     try:
-        from hpr.models import load_model  # type: ignore[attr-defined]
+        from hpr.models import load_model
 
-        loaded = load_model(name)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model = getattr(model, "model", model) if not hasattr(model, "config") else model
+        model, tok = load_model(name)
         model.eval()
-        return model, {"model": name, "random_weights": False, "dtype": str(next(model.parameters()).dtype)}
+        return model, tok, {"model": name, "random_weights": False, "dtype": str(next(model.parameters()).dtype)}
     except Exception as exc:  # noqa: BLE001 - fall back to the same shape with random weights
         reason = f"{type(exc).__name__}: {exc}"[:200]
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -103,7 +102,7 @@ def bench_model(name: str = "smollm2-135m-instruct") -> tuple[Any, dict[str, Any
     cfg = LlamaConfig(**SMOLLM2_SHAPE, max_position_embeddings=2048, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
-    return model, {
+    return model, None, {
         "model": "random LlamaConfig of SmolLM2-135M's shape",
         "random_weights": True,
         "why_not_embedded": reason,

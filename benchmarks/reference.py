@@ -11,6 +11,7 @@ plane is well defined (``tests/test_fast_paths.py``).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -41,7 +42,9 @@ def reference_edit(editor: HPR, x: Tensor) -> Tensor:
     hx = xf @ h
     p = torch.sigmoid(xf @ w)  # (batch, seq)
     if editor.use_angle:
-        angle = editor.angle.float()
+        angle = editor.angle
+        if angle[0].weight.dtype != torch.float32:  # the reference runs it in float32
+            angle = copy.deepcopy(angle).float()
         theta = math.pi * torch.sigmoid(angle(xf).squeeze(-1))
         cos_g = torch.nn.functional.cosine_similarity(xf, hx, dim=-1).clamp(-1.0, 1.0)
         gamma = torch.acos(cos_g)

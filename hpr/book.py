@@ -38,13 +38,26 @@ VENDOR_FILES: tuple[tuple[str, str, str], ...] = (
     ("mathjax", "es5/a11y/", "mathjax/a11y/"),
     ("mathjax", "LICENSE", "mathjax/LICENSE"),
     ("requirejs", "require.js", "requirejs/require.js"),
-    ("@jupyter-widgets/html-manager", "dist/", "html-manager/"),
+    ("@jupyter-widgets/html-manager", "dist/", "@jupyter-widgets/html-manager/dist/"),
 )
 
 #: Files of a copied folder that are skipped (source maps, unused bundles).
 _SKIP = re.compile(r"\.map$|^(embed|libembed-amd)\.js$")
 
 VENDOR_DIR = Path("_build") / "vendor"
+
+#: The widget manager typesets labels with the MathJax 2 API (``MathJax.Hub.Queue``); the book
+#: loads MathJax 3. This shim maps that call onto MathJax 3 (served as ``shims/mathjax2-shim.js``).
+MATHJAX2_SHIM = """(function () {
+  // Every object assigned to window.MathJax (the page's config, then MathJax 3 itself) gets a
+  // MathJax 2 style Hub.Queue that typesets with MathJax 3.
+  function hub(el) { if (el && current && current.typesetPromise) { current.typesetPromise([el]).catch(function () {}); } }
+  function attach(v) { if (v && typeof v === "object" && !v.Hub) { v.Hub = {Queue: function (cmd) { hub(cmd && cmd[2]); }}; } return v; }
+  var current = attach(window.MathJax);
+  Object.defineProperty(window, "MathJax", {configurable: true, enumerable: true,
+    get: function () { return current; }, set: function (v) { current = attach(v); }});
+})();
+"""
 
 #: Remote script/style URLs that must not appear in the built pages.
 _REMOTE = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["'](https?:)?//[^"']+["']""", re.I)
@@ -83,7 +96,7 @@ def npm_tarball(package: str, version: str, cache: Path | None = None) -> Path:
 def vendor_assets(dest: Path, cache: Path | None = None) -> Path:
     """Copy the pinned JS assets into ``dest`` (idempotent); returns ``dest``."""
     stamp = dest / ".versions"
-    want = io.stable_hash([NPM_PACKAGES, VENDOR_FILES])
+    want = io.stable_hash([NPM_PACKAGES, VENDOR_FILES, MATHJAX2_SHIM])
     if stamp.is_file() and stamp.read_text().strip() == want:
         return dest
     if dest.exists():
@@ -112,6 +125,9 @@ def vendor_assets(dest: Path, cache: Path | None = None) -> Path:
     finally:
         for t in tars.values():
             t.close()
+    # not "hpr/": Sphinx applies exclude_patterns (which list hpr/**) to static files too
+    (tmp / "shims").mkdir(parents=True, exist_ok=True)
+    (tmp / "shims" / "mathjax2-shim.js").write_text(MATHJAX2_SHIM)
     (tmp / ".versions").write_text(want + "\n")
     tmp.rename(dest)
     return dest
@@ -122,6 +138,48 @@ class BuildResult:
     html: Path
     seconds: float
     pages: int
+
+
+_INLINE_SCRIPT = re.compile(r"^\s*<script>(?:const|let|var) [^<]*</script>\s*$")
+
+
+def dedupe_inline_scripts(page: Path) -> bool:
+    """Drop repeated identical one-line inline scripts from ``page`` (Jupyter Book 1.0 registers
+    sphinx-thebe and togglebutton twice, and a second ``const`` declaration is a console error)
+    and give the theme's colour mode a valid default."""
+    text = page.read_text(encoding="utf-8")
+    # The book theme leaves the colour mode empty, which the theme's script reports as an error.
+    fixed = text.replace('data-default-mode=""', 'data-default-mode="auto"').replace(
+        'localStorage.getItem("mode") || ""', 'localStorage.getItem("mode") || "auto"')
+    lines = fixed.splitlines(keepends=True)
+    seen: set[str] = set()
+    out = []
+    for line in lines:
+        if _INLINE_SCRIPT.match(line):
+            if line.strip() in seen:
+                continue
+            seen.add(line.strip())
+        out.append(line)
+    if len(out) == len(lines) and fixed == text:
+        return False
+    io.write_text(page, "".join(out))
+    return True
+
+
+_MANAGER_DIST = Path("@jupyter-widgets") / "html-manager" / "dist"
+
+
+def copy_widget_fonts(html_dir: Path, page_dirs: set[Path]) -> None:
+    """Copy the widget manager's font files next to the pages that load it: the manager resolves
+    them relative to the page, not to its script."""
+    src = html_dir / "_static" / _MANAGER_DIST
+    fonts = [f for f in src.iterdir() if f.suffix in {".woff", ".woff2", ".ttf", ".eot", ".svg"}] if src.is_dir() else []
+    for d in page_dirs:
+        # webpack's automatic public path gives either folder, depending on load order
+        for dest in (d / _MANAGER_DIST, d / "@jupyter-widgets"):
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in fonts:
+                shutil.copyfile(f, dest / f.name)
 
 
 def remote_references(html_dir: Path) -> dict[str, list[str]]:
@@ -135,14 +193,22 @@ def remote_references(html_dir: Path) -> dict[str, list[str]]:
     return found
 
 
-def build_book(root: str | Path = ".", strict: bool = True, cache: Path | None = None) -> BuildResult:
-    """Vendor the JS assets and run ``jupyter-book build root -W`` (warnings are errors).
+def build_book(root: str | Path = ".", strict: bool = True, cache: Path | None = None,
+               runs_dir: str | Path = "runs/book") -> BuildResult:
+    """Generate the results table, vendor the JS assets and run ``jupyter-book build root -W``.
+
+    The results chapter includes ``book/_generated/results.md``, written here from the results
+    files under ``runs_dir`` (relative to ``root``) by ``hpr.study.write_results_markdown``.
 
     Raises ``BookError`` when the build fails or a page still loads something remotely.
     """
     base = Path(root).resolve()
     if not (base / "_config.yml").is_file() or not (base / "_toc.yml").is_file():
         raise BookError(f"{base} has no _config.yml/_toc.yml; run `hpr book` from the repository root")
+    from .study import write_results_markdown
+
+    runs = Path(runs_dir) if Path(runs_dir).is_absolute() else base / runs_dir
+    write_results_markdown(runs, base / "book" / "_generated" / "results.md")
     vendor_assets(base / VENDOR_DIR, cache)
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(base)]
@@ -155,11 +221,17 @@ def build_book(root: str | Path = ".", strict: bool = True, cache: Path | None =
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-40:]
         raise BookError("jupyter-book build failed:\n" + "\n".join(tail))
     html = base / "_build" / "html"
+    widget_dirs = set()
+    for page in html.rglob("*.html"):
+        dedupe_inline_scripts(page)
+        if "html-manager/dist/embed-amd.js" in page.read_text(encoding="utf-8"):
+            widget_dirs.add(page.parent)
+    copy_widget_fonts(html, widget_dirs)
     remote = remote_references(html)
     if remote:
         raise BookError(f"pages load remote resources (the book must render offline): {remote}")
     return BuildResult(html, seconds, len(list(html.rglob("*.html"))))
 
 
-__all__ = ["NPM_PACKAGES", "VENDOR_DIR", "BookError", "BuildResult", "build_book", "npm_tarball",
+__all__ = ["NPM_PACKAGES", "VENDOR_DIR", "BookError", "BuildResult", "build_book", "dedupe_inline_scripts", "npm_tarball",
            "remote_references", "vendor_assets"]

@@ -1,8 +1,10 @@
 """Capture decoder-block outputs at the answer tokens of (prompt, answer) sequences.
 
 Every choice of every record becomes one sequence (``hpr.prompts``): the T true and F false
-answers of a question are T + F sequences, each run through the model once (batched, right
-padding, attention mask). Pairs are formed afterwards from the captured activations.
+answers of a question are T + F sequences, each run through the model once. By default a
+question's prompt runs once and its T + F answers run as one batch on the prompt's KV cache
+(right padding, attention mask); ``share_prompt=False`` runs whole sequences in padded batches.
+Pairs are formed afterwards from the captured activations.
 
 In memory: ``Captured``
 
@@ -19,9 +21,11 @@ In memory: ``Captured``
 - ``pairs(threshold=0.75)`` -> ``(neg_index, pos_index)``: int64 ``(P,)`` row indices. For every
   (negative answer, positive answer) of a question: the aligned answer positions
   ``0 .. min(len_neg, len_pos) - 1``, minus the positions where the two activations share at
-  least ``threshold`` of their elements (equal within rtol 1e-3, atol 1e-5: the shared prefix
+  least ``threshold`` of their elements (equal within rtol 1e-5, atol 1e-6: the shared prefix
   of the two answers), as the paper's code does. With ``layer=None`` a position is dropped if it
-  is shared at any captured layer, so every layer trains on the same pairs.
+  is shared at any captured layer, so every layer trains on the same pairs. Only positions
+  where the two answers' tokens agree so far are compared (elsewhere, in a causal model with a
+  shared prompt, the activations cannot coincide), which keeps this cheap.
 
 On disk: one safetensors file ``cache_dir()/activations/<dataset>-<split>-<key>.safetensors``
 with tensors ``acts`` ``(L, N, d)``, ``label``, ``question``, ``sequence``, ``position``,
@@ -33,6 +37,8 @@ the same inputs loads the file instead of running the model.
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +55,7 @@ from .architectures import fingerprint as model_fingerprint
 from .errors import DataError, ParameterError
 from .prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
 from .records import Record
+from .scoring import max_positions
 
 #: Bump when the capture procedure changes, to invalidate old caches.
 CAPTURE_VERSION = 1
@@ -97,46 +104,58 @@ class Captured:
         except ValueError:
             raise ParameterError(f"layer {layer} was not captured; captured: {self.layers}") from None
 
-    def candidate_pairs(self) -> tuple[Tensor, Tensor]:
-        """All aligned (negative row, positive row) positions, before the shared-prefix filter."""
+    def candidate_pairs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """All aligned (negative row, positive row) positions, before the shared-prefix filter.
+
+        Returns ``(neg, pos, same_tokens)``: ``same_tokens`` marks positions where the two answers
+        agree on every token up to and including that position.
+        """
         seq = self.sequence
         starts = torch.ones_like(seq, dtype=torch.bool)
         starts[1:] = seq[1:] != seq[:-1]
         first = torch.nonzero(starts).squeeze(-1)
-        lengths = torch.diff(torch.cat([first, torch.tensor([len(seq)])]))
-        q, lab = self.question[first].tolist(), self.label[first].tolist()
+        lengths = torch.diff(torch.cat([first, torch.tensor([len(seq)])])).tolist()
+        q, lab, first_l = self.question[first].tolist(), self.label[first].tolist(), first.tolist()
         by_q: dict[int, tuple[list[int], list[int]]] = {}
-        for s in range(len(first)):
+        for s in range(len(first_l)):
             by_q.setdefault(q[s], ([], []))[lab[s]].append(s)
         negs: list[Tensor] = []
         poss: list[Tensor] = []
+        same: list[Tensor] = []
         for neg_seqs, pos_seqs in by_q.values():
             for f in neg_seqs:
                 for p in pos_seqs:
-                    m = int(min(lengths[f], lengths[p]))
-                    ar = torch.arange(m)
-                    negs.append(first[f] + ar)
-                    poss.append(first[p] + ar)
+                    ar = torch.arange(min(lengths[f], lengths[p]))
+                    n, po = first_l[f] + ar, first_l[p] + ar
+                    negs.append(n)
+                    poss.append(po)
+                    same.append(torch.cumprod((self.token[n] == self.token[po]).long(), 0).bool())
         if not negs:
             empty = torch.zeros(0, dtype=torch.long)
-            return empty, empty
-        return torch.cat(negs), torch.cat(poss)
+            return empty, empty, empty.bool()
+        return torch.cat(negs), torch.cat(poss), torch.cat(same)
 
     def pairs(
         self, threshold: float = SHARED_THRESHOLD, layer: int | None = None, chunk: int = 8192
     ) -> tuple[Tensor, Tensor]:
-        """``(neg_index, pos_index)`` rows of the training pairs; see the module docstring."""
-        neg, pos = self.candidate_pairs()
+        """``(neg_index, pos_index)`` rows of the training pairs; see the module docstring.
+
+        Two answers of a question share the prompt, so in a causal model their activations can
+        only coincide where their tokens agree up to that position: only those positions are
+        compared (elementwise, ``threshold`` of the elements within rtol 1e-5, atol 1e-6).
+        """
+        neg, pos, same_tokens = self.candidate_pairs()
         if len(neg) == 0:
             return neg, pos
         js = range(len(self.layers)) if layer is None else [self.layer_index(layer)]
+        check = torch.nonzero(same_tokens).squeeze(-1)
         shared = torch.zeros(len(neg), dtype=torch.bool)
         for j in js:
             x = self.data[j]
-            for s in range(0, len(neg), chunk):
-                a, b = x[neg[s : s + chunk]].float(), x[pos[s : s + chunk]].float()
-                same = torch.isclose(a, b, rtol=1e-3, atol=1e-5).float().mean(-1) >= threshold
-                shared[s : s + chunk] |= same
+            for s in range(0, len(check), chunk):
+                c = check[s : s + chunk]
+                a, b = x[neg[c]].float(), x[pos[c]].float()
+                shared[c] |= torch.isclose(a, b, rtol=1e-5, atol=1e-6).float().mean(-1) >= threshold
         keep = ~shared
         return neg[keep], pos[keep]
 
@@ -164,7 +183,8 @@ class Captured:
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise DataError(f"{p} is not a readable activation file ({exc}); delete it and rerun") from exc
         layers = [int(i) for i in meta.get("layers", [])]
-        return cls(t["acts"], layers, *(t[k] for k in _ROW_FIELDS), meta=meta)
+        return cls(t["acts"], layers, t["label"], t["question"], t["sequence"], t["position"],
+                   t["token"], meta)
 
 
 def data_hash(records: Sequence[Record]) -> str:
@@ -212,76 +232,176 @@ def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
-@torch.inference_mode()
-def run_capture(
-    model: nn.Module, tokenizer: Any, records: Sequence[Record], *, layers: Sequence[int] | None = None,
-    prompt_format: str = DEFAULT_FORMAT, seed: int = 0, chat: bool | None = None,
-    batch_size: int = 16, progress: bool = True, meta: dict[str, Any] | None = None,
-) -> Captured:
-    """Run every (prompt, answer) sequence of ``records`` once and keep the answer-token outputs."""
-    if not records:
-        raise DataError("no records to capture; check the dataset split")
-    if batch_size < 1:
-        raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
-    lay = _resolve_layers(model, layers)
-    seqs: list[tuple[int, int, list[int]]] = []  # (question, label, ids); answer = last alen ids
-    alens: list[int] = []
-    for qi, rec in enumerate(records):
-        if not rec.correct or len(rec.correct) == len(rec.choices):
-            raise DataError(f"record {rec.id!r} needs at least one correct and one incorrect choice")
-        for _choice, ok, prompt, answer in format_record(rec, prompt_format, seed):
-            enc = encode(tokenizer, prompt, answer, chat)
-            seqs.append((qi, int(ok), list(enc.ids)))
-            alens.append(len(enc.answer_ids))
-    offsets = torch.cumsum(torch.tensor([0, *alens]), 0)
-    n_rows, d = int(offsets[-1]), hidden_size(model)
-    data = torch.empty(len(lay), n_rows, d, dtype=_store_dtype(model))
-    rows: dict[str, list[int]] = {k: [] for k in _ROW_FIELDS}
-    for s, (qi, lab, ids) in enumerate(seqs):
-        a = alens[s]
-        rows["label"] += [lab] * a
-        rows["question"] += [qi] * a
-        rows["sequence"] += [s] * a
-        rows["position"] += list(range(a))
-        rows["token"] += ids[-a:]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda s: -len(seqs[s][2]))
+def _cache_name(model: nn.Module) -> str:
+    """The KV-cache argument and output field: ``cache`` (transformers >= 5.2x) or the old name."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@dataclass
+class _Seq:
+    question: int
+    label: int
+    prompt: list[int]
+    answer: list[int]
+
+
+def _fit_lengths(seqs: list[_Seq], limit: int | None) -> None:
+    """Cut prompts from the left, in place, so every sequence fits ``limit`` positions (the same cut
+    for every answer of a question, so they keep sharing their prompt); warn with the count."""
+    if limit is None:
+        return
+    over: dict[int, int] = {}
+    for sq in seqs:
+        if len(sq.answer) >= limit:
+            raise DataError(f"an answer of {len(sq.answer)} tokens does not fit the model's {limit} "
+                            "positions; shorten or drop that example")
+        extra = len(sq.prompt) + len(sq.answer) - limit
+        if extra > 0:
+            over[sq.question] = max(over.get(sq.question, 0), extra)
+    if not over:
+        return
+    for sq in seqs:
+        if sq.question in over:
+            sq.prompt = sq.prompt[over[sq.question]:]
+    n = sum(1 for sq in seqs if sq.question in over)
+    msg = (f"{len(over)} question(s) ({n} of {len(seqs)} sequences) were longer than the model's {limit} "
+           "positions; their prompts were truncated from the left (the first tokens dropped)")
+    warnings.warn(msg, stacklevel=3)
+    logging.getLogger(__name__).warning(msg)
+
+
+def _grab_hooks(model: nn.Module, layers: list[int], grabbed: dict[int, Tensor]) -> list[Any]:
     blocks = decoder_layers(model)
-    grabbed: dict[int, Tensor] = {}
 
     def make_hook(j: int) -> Any:
         def hook(_m: nn.Module, _a: Any, out: Any) -> None:
             grabbed[j] = _block_output(out)
         return hook
 
-    handles = [blocks[i].register_forward_hook(make_hook(j)) for j, i in enumerate(lay)]
+    return [blocks[i].register_forward_hook(make_hook(j)) for j, i in enumerate(layers)]
+
+
+def _run_shared_prompt(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int,
+                       grabbed: dict[int, Tensor], extra: dict[str, Any]) -> list[Tensor]:
+    """Run one question: its prompt once, then all its answers as one batch on the prompt's cache.
+
+    Returns, per sequence in ``idx``, the answer-token outputs ``(L, a, d)``.
+    """
+    device = next(model.parameters()).device
+    prompt = torch.tensor([seqs[idx[0]].prompt], device=device)
+    name = _cache_name(model)
+    out = model(input_ids=prompt, use_cache=True, **extra)
+    cache = getattr(out, name)
+    n, p = len(idx), prompt.shape[1]
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+    width = max(len(seqs[s].answer) for s in idx)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, p + width), dtype=torch.long)
+    mask[:, :p] = 1
+    for r, s in enumerate(idx):
+        a = seqs[s].answer
+        ids[r, : len(a)] = torch.tensor(a)
+        mask[r, p : p + len(a)] = 1
+    pos = (p + torch.arange(width)).expand(n, -1)
+    grabbed.clear()
+    model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+          use_cache=True, **{name: cache}, **extra)
+    h = torch.stack([grabbed[j] for j in range(len(grabbed))])  # (L, n, width, d)
+    return [h[:, r, : len(seqs[s].answer)] for r, s in enumerate(idx)]
+
+
+def _run_full(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int,
+              grabbed: dict[int, Tensor], extra: dict[str, Any]) -> list[Tensor]:
+    """Run whole sequences as one right-padded batch; per sequence the answer outputs ``(L, a, d)``."""
+    device = next(model.parameters()).device
+    full = [seqs[s].prompt + seqs[s].answer for s in idx]
+    width = max(len(t) for t in full)
+    ids = torch.full((len(idx), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, toks in enumerate(full):
+        ids[r, : len(toks)] = torch.tensor(toks)
+        mask[r, : len(toks)] = 1
+    grabbed.clear()
+    model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
+    h = torch.stack([grabbed[j] for j in range(len(grabbed))])
+    out = []
+    for r, s in enumerate(idx):
+        end, a = len(full[r]), len(seqs[s].answer)
+        out.append(h[:, r, end - a : end])
+    return out
+
+
+@torch.inference_mode()
+def run_capture(
+    model: nn.Module, tokenizer: Any, records: Sequence[Record], *, layers: Sequence[int] | None = None,
+    prompt_format: str = DEFAULT_FORMAT, seed: int = 0, chat: bool | None = None,
+    batch_size: int = 16, share_prompt: bool = True, progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> Captured:
+    """Run every (prompt, answer) sequence of ``records`` once and keep the answer-token outputs.
+
+    ``share_prompt`` (default): per question, the prompt runs once and its T + F answers run as
+    one batch on the prompt's KV cache; the causal model gives the answer tokens the same
+    activations as whole sequences (up to float rounding), at a fraction of the cost (prompts
+    with lettered choices are ~20x longer than answers). Otherwise, or when a format gives the
+    answers of one question different prompts, whole sequences run in right-padded batches of
+    ``batch_size``.
+    """
+    if not records:
+        raise DataError("no records to capture; check the dataset split")
+    if batch_size < 1:
+        raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
+    lay = _resolve_layers(model, layers)
+    seqs: list[_Seq] = []
+    for qi, rec in enumerate(records):
+        if not rec.correct or len(rec.correct) == len(rec.choices):
+            raise DataError(f"record {rec.id!r} needs at least one correct and one incorrect choice")
+        for _choice, ok, prompt, answer in format_record(rec, prompt_format, seed):
+            enc = encode(tokenizer, prompt, answer, chat)
+            seqs.append(_Seq(qi, int(ok), list(enc.prompt_ids), list(enc.answer_ids)))
+    _fit_lengths(seqs, max_positions(model))
+    alens = [len(s.answer) for s in seqs]
+    offsets = [0, *torch.cumsum(torch.tensor(alens), 0).tolist()]
+    data = torch.empty(len(lay), offsets[-1], hidden_size(model), dtype=_store_dtype(model))
+    groups: list[list[int]] = []
+    by_q: dict[int, list[int]] = {}
+    for s, sq in enumerate(seqs):
+        by_q.setdefault(sq.question, []).append(s)
+    shared = share_prompt and all(len({tuple(seqs[s].prompt) for s in g}) == 1 for g in by_q.values())
+    if shared:
+        groups = list(by_q.values())
+    else:
+        order = sorted(range(len(seqs)), key=lambda s: -(len(seqs[s].prompt) + alens[s]))
+        groups = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    grabbed: dict[int, Tensor] = {}
+    handles = _grab_hooks(model, lay, grabbed)
     extra = _forward_kwargs(model)
+    run = _run_shared_prompt if shared else _run_full
     try:
-        bar = tqdm(range(0, len(order), batch_size), desc="capture", unit="batch", disable=not progress)
-        for b in bar:
-            batch = order[b : b + batch_size]
-            width = max(len(seqs[s][2]) for s in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, s in enumerate(batch):
-                toks = seqs[s][2]
-                ids[r, : len(toks)] = torch.tensor(toks)
-                mask[r, : len(toks)] = 1
-            grabbed.clear()
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
-            for j in range(len(lay)):
-                h = grabbed[j]
-                for r, s in enumerate(batch):
-                    end = len(seqs[s][2])
-                    lo, hi = int(offsets[s]), int(offsets[s + 1])
-                    data[j, lo:hi] = h[r, end - (hi - lo) : end].to("cpu", data.dtype)
+        unit = "question" if shared else "batch"
+        for idx in tqdm(groups, desc="capture", unit=unit, disable=not progress):
+            for s, h in zip(idx, run(model, seqs, idx, pad, grabbed, extra), strict=True):
+                data[:, offsets[s] : offsets[s + 1]] = h.to("cpu", data.dtype)
     finally:
         for h in handles:
             h.remove()
+    rows: dict[str, list[int]] = {k: [] for k in _ROW_FIELDS}
+    for s, sq in enumerate(seqs):
+        a = alens[s]
+        rows["label"] += [sq.label] * a
+        rows["question"] += [sq.question] * a
+        rows["sequence"] += [s] * a
+        rows["position"] += list(range(a))
+        rows["token"] += sq.answer
     t = {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
     m = dict(meta or {})
-    m.update({"num_sequences": len(seqs), "num_questions": len(records),
+    m.setdefault("model", model_fingerprint(model, getattr(model, "hpr_name", None)))
+    m.setdefault("prompt_format", prompt_format)
+    m.update({"num_sequences": len(seqs), "num_questions": len(records), "shared_prompt": shared,
               "record_ids": [r.id for r in records]})
     return Captured(data, lay, t["label"], t["question"], t["sequence"], t["position"], t["token"], m)
 
@@ -291,6 +411,7 @@ def capture(
     split: str = "train", layers: Sequence[int] | None = None, prompt_format: str = DEFAULT_FORMAT,
     seed: int = 0, chat: bool | None = None, batch_size: int = 16, cache: bool = True,
     cache_root: str | Path | None = None, progress: bool = True, name: str | None = None,
+    share_prompt: bool = True,
 ) -> Captured:
     """Capture (or load from the cache) the answer-token activations of ``records``.
 
@@ -313,7 +434,8 @@ def capture(
             "prompt_format": prompt_format, "seed": seed, "chat": use_chat,
             "data_hash": data_hash(records), "capture_version": CAPTURE_VERSION}
     cap = run_capture(model, tokenizer, records, layers=lay, prompt_format=prompt_format, seed=seed,
-                      chat=use_chat, batch_size=batch_size, progress=progress, meta=meta)
+                      chat=use_chat, batch_size=batch_size, share_prompt=share_prompt,
+                      progress=progress, meta=meta)
     if cache:
         cap.save(path)
         cap.meta["path"] = str(path)

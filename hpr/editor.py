@@ -19,7 +19,7 @@ from .architectures import fingerprint as model_fingerprint
 from .architectures import same_model
 from .errors import EditorError
 from .intervene import edit_block_outputs
-from .kernels import pseudo_rotate, reflect
+from .kernels import fused_edit
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -36,7 +36,7 @@ def angle_widths(hidden_size: int, angle_layers: int) -> list[int]:
 def mlp(widths: Sequence[int]) -> nn.Sequential:
     """Linear layers with GELU between them (none after the last)."""
     mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
         if i:
             mods.append(nn.GELU())
         mods.append(nn.Linear(a, b))
@@ -70,18 +70,22 @@ class HPR(nn.Module):
 
     def theta(self, x: Tensor) -> Tensor:
         """Predicted angle in radians, in (0, pi), shape ``x.shape[:-1]``."""
-        dtype = self.angle[0].weight.dtype
+        dtype = next(self.angle.parameters()).dtype
         return math.pi * torch.sigmoid(self.angle(x.to(dtype)).squeeze(-1).float())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.sigmoid(self.logits(x)), self.theta(x)
 
     def edit(self, x: Tensor) -> Tensor:
-        """Edited activations, same shape and dtype as ``x``; positives are returned unchanged."""
-        negative = (self.logits(x) < 0).unsqueeze(-1)
+        """Edited activations, same shape and dtype as ``x``; positives are returned unchanged.
+
+        Equals ``where(p < 0.5, pseudo_rotate(x, w, theta) or reflect(x, w), x)``, computed by
+        ``hpr.kernels.fused_edit`` (a few sweeps over ``x``; geometry in float32, the angle
+        network in its own dtype).
+        """
         w = self.normal.detach()
-        moved = pseudo_rotate(x, w, self.theta(x)) if self.use_angle else reflect(x, w)
-        return torch.where(negative, moved, x)
+        negative = self.logits(x) < 0
+        return fused_edit(x, w, self.theta(x).detach() if self.use_angle else None, negative)
 
     def __call__(self, x: Tensor) -> Any:  # typed for mypy; nn.Module dispatches to forward
         return super().__call__(x)
@@ -202,7 +206,8 @@ class EditorSet:
                 e.load_state_dict(state)
             except RuntimeError as exc:
                 raise EditorError(
-                    f"weights of layer {key} in {path} do not fit an editor of hidden size {d}: {exc}"
+                    f"weights of layer {key} in {path} do not fit an editor of hidden size {d}: {exc}; the weights "
+                    "and config.json come from different saves: re-save the editors or retrain them (hpr train)"
                 ) from exc
             editors[int(key)] = e
         extra = {k: v for k, v in cfg.items() if k not in {"editors", "model", "selected"}}
@@ -231,13 +236,14 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise EditorError(f"editor directory {d} does not exist; train editors with `hpr train`")
     path = d / CONFIG_FILE
     if not path.is_file():
-        raise EditorError(f"{path} is missing; {d} is not a saved editor set")
+        raise EditorError(f"{path} is missing; {d} is not a saved editor set: pass the folder that "
+                          "`hpr train --out` (or EditorSet.save) wrote")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EditorError(f"{path} is not valid JSON ({exc}); re-save or retrain the editors") from exc
     if not isinstance(cfg, dict):
-        raise EditorError(f"{path} must hold a JSON object")
+        raise EditorError(f"{path} must hold a JSON object; re-save or retrain the editors")
     problems = []
     if not isinstance(cfg.get("hidden_size"), int) or cfg["hidden_size"] < 1:
         problems.append("hidden_size must be a positive integer")
@@ -254,12 +260,13 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(cfg.get("model"), dict):
         problems.append("model (the fingerprint) must be an object")
     sel = cfg.get("selected")
-    if not isinstance(sel, list) or not all(isinstance(i, int) for i in sel):
-        problems.append("selected must be a list of layer indices")
+    if not isinstance(sel, list) or not sel or not all(isinstance(i, int) for i in sel):
+        problems.append("selected must be a non-empty list of layer indices")
     elif isinstance(eds, dict) and any(str(i) not in eds for i in sel):
         problems.append("selected names a layer without an editor")
     if problems:
-        raise EditorError(f"{path} is not a valid editor config: " + "; ".join(problems))
+        raise EditorError(f"{path} is not a valid editor config: " + "; ".join(problems)
+                          + "; restore the file EditorSet.save wrote, or retrain the editors (hpr train)")
     return cfg
 
 

@@ -103,6 +103,13 @@ def _pad_batch(tokenizer: Any, texts: Sequence[str], device: torch.device) -> tu
     return input_ids.to(device), mask.to(device)
 
 
+def _no_logits(model: nn.Module) -> dict[str, Any]:
+    """Forward kwargs that skip most of the LM head when the model supports it."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 @torch.no_grad()
 def head_activations(
     model: nn.Module,
@@ -140,7 +147,7 @@ def head_activations(
             ids, mask = _pad_batch(tokenizer, chunk, device)
             current["start"] = start
             current["last"] = mask.sum(1) - 1
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
+            model(input_ids=ids, attention_mask=mask, use_cache=False, **_no_logits(model))
     finally:
         for handle in handles:
             handle.remove()
@@ -247,7 +254,7 @@ class ITI:
     def shifts(self) -> dict[int, Tensor]:
         """Per edited layer, the float32 shift ``(H * head_dim,)`` added to the o_proj input."""
         out: dict[int, Tensor] = {}
-        for (layer, head), d, s in zip(self.heads, self.directions, self.sigmas):
+        for (layer, head), d, s in zip(self.heads, self.directions, self.sigmas, strict=True):
             vec = out.setdefault(layer, torch.zeros(self.num_heads * self.head_dim))
             vec[head * self.head_dim : (head + 1) * self.head_dim] += self.alpha * s * d
         return out

@@ -12,6 +12,7 @@ any of them and ``fit_method(name, ...)`` trains the baselines (ITI, Diff, LoRA)
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -112,11 +113,11 @@ def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwa
         return Base()
     if directory is None:
         raise ParameterError(f"method {name!r} needs the directory it was saved in (got None)")
+    if kwargs and name != "iti":
+        raise ParameterError(f"method {name!r} takes no load options, got {sorted(kwargs)} (only iti: alpha)")
     if name in ("hpr", "hpr-noangle"):
         from .editor import EditorSet
 
-        if kwargs:
-            raise ParameterError(f"method {name!r} takes no load options, got {sorted(kwargs)}")
         es = EditorSet.load(directory, model)
         return es.with_angle(False) if name == "hpr-noangle" else es
     if name == "iti":
@@ -161,6 +162,7 @@ def fit_method(
     common = {"model": model, "tokenizer": tokenizer, "train": list(train), "val": list(val),
               "seed": seed, "dataset": dataset}
     method: Any
+    start = time.perf_counter()
     if name == "iti":
         from .iti import fit_iti
 
@@ -173,6 +175,7 @@ def fit_method(
         from .lora import fit_lora
 
         method = fit_lora(**common, **options)
+    method.config.setdefault("fit_seconds", round(time.perf_counter() - start, 1))
     method.save(out)
     return method  # type: ignore[no-any-return]
 

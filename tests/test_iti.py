@@ -54,7 +54,7 @@ def test_statistics_come_from_train_only(tiny_model, tokenizer):
     # split that happens to select the same heads must give the same statistics.
     c = fit_iti(model=tiny_model, tokenizer=tokenizer, train=train, val=records(6, 300), k=16, progress=False)
     assert a.heads == b.heads
-    for head, d, s in zip(a.heads, a.directions, a.sigmas):
+    for head, d, s in zip(a.heads, a.directions, a.sigmas, strict=True):
         j = c.heads.index(head)
         assert torch.equal(c.directions[j], d) and torch.equal(c.sigmas[j], s)
 

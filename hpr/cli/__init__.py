@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from ..errors import HPRError
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("run_cmd", "eval_cmd", "data_cmds", "train_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

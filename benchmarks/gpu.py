@@ -1,0 +1,272 @@
+"""GPU edit-overhead benchmark: a Llama-3-8B-shaped random model in bf16, ours vs reference vs unedited.
+
+Needs only torch and transformers (plus this repository on ``sys.path``). Builds the model from
+a config (random weights, no download), puts k = 5 random ``hpr.editor.HPR`` editors on evenly
+spaced layers and times, interleaved, medians over repeats:
+  - prefill: batch 8 x 512 tokens, whole-model forward;
+  - decode: batch 32, one new token on a KV cache of 512 tokens;
+for ``plain`` (no hooks), ``hpr`` (``EditorSet.apply``: geometry in float32, the angle network
+cast to the model's dtype) and ``reference`` (the paper's design, ``benchmarks/reference.py``:
+dense d x d fp32 Householder matrix per call, fp32 angle network, diag_embed masks). Also the
+edit alone vs one decoder block at prefill (the anchor: reference 1.60x on an H100), and
+whether our edit can be captured in a CUDA graph at the decode shape. Writes
+``benchmarks/results/h100.json`` (``--out``) with the device name. Runs in well under 5 minutes
+on an H100.
+
+``--tiny`` runs a small model on the CPU (or GPU if present) to check the script works; it
+writes ``benchmarks/results/gpu-tiny.json`` and its numbers mean nothing.
+
+    python benchmarks/gpu.py [--tiny] [--repeats 20] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                 intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,
+                 max_position_embeddings=8192)
+TINY = dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=512, vocab_size=1000, max_position_embeddings=1024)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device,
+              warmup: int = 2) -> dict[str, list[float]]:
+    """Interleaved timings (seconds) of each function, order flipped every round."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    sync(device)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            sync(device)
+            t0 = time.perf_counter()
+            fns[n]()
+            sync(device)
+            out[n].append(time.perf_counter() - t0)
+    return out
+
+
+def med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def summary(t: dict[str, list[float]]) -> dict[str, Any]:
+    base = med(t["plain"])
+    return {
+        "median_s": {n: med(v) for n, v in t.items()},
+        "overhead": {n: med(v) / base - 1.0 for n, v in t.items() if n != "plain"},
+        "overhead_paired": {
+            n: float(statistics.median(a / b for a, b in zip(v, t["plain"], strict=True))) - 1.0
+            for n, v in t.items() if n != "plain"
+        },
+    }
+
+
+def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
+    cfg = LlamaConfig(**(TINY if tiny else LLAMA3_8B))
+    torch.manual_seed(0)
+    with device:
+        model = LlamaForCausalLM(cfg).to(dtype)
+    return model.eval()
+
+
+def editors(model: Any, k: int, dtype: torch.dtype, device: torch.device) -> tuple[Any, dict[int, Any]]:
+    """Our ``EditorSet`` (angle network in ``dtype``) and fp32 copies for the reference design."""
+    from hpr import EditorSet
+    from hpr.architectures import fingerprint, hidden_size, num_layers
+    from hpr.editor import HPR
+
+    n, d = num_layers(model), hidden_size(model)
+    layers = [round((i + 1) * n / (k + 1)) for i in range(k)]
+    torch.manual_seed(1)
+    ours, ref = {}, {}
+    for i in layers:
+        e = HPR(d).to(device)
+        ref[i] = copy.deepcopy(e)  # float32 throughout, as the reference code
+        e.angle.to(dtype)  # the angle network in the model's dtype; the probe normal stays fp32
+        ours[i] = e
+    return EditorSet(ours, fingerprint(model), selected=layers), ref
+
+
+def block_inputs(model: Any, layer: int, ids: torch.Tensor) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """The args, kwargs and output of decoder block ``layer`` during a forward of ``ids``."""
+    from hpr.architectures import decoder_layers
+
+    block = decoder_layers(model)[layer]
+    got: dict[str, Any] = {}
+
+    def pre(_m: Any, args: Any, kwargs: Any) -> None:
+        got["args"], got["kwargs"] = args, dict(kwargs)
+
+    def post(_m: Any, _a: Any, out: Any) -> None:
+        got["out"] = out[0] if isinstance(out, tuple) else out
+
+    hs = [block.register_forward_pre_hook(pre, with_kwargs=True), block.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in hs:
+            h.remove()
+    return got["args"], got["kwargs"], got["out"]
+
+
+def cuda_graph_check(editor: Any, x: torch.Tensor) -> dict[str, Any]:
+    """Capture ``editor.edit`` at a fixed shape in a CUDA graph; replay must equal eager."""
+    if x.device.type != "cuda":
+        return {"capturable": None, "why": "no CUDA device"}
+    try:
+        static = x.clone()
+        with torch.no_grad():
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    editor.edit(static)
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = editor.edit(static)
+            static.copy_(x * 1.5)
+            g.replay()
+            want = editor.edit(x * 1.5)
+        torch.cuda.synchronize()
+        return {"capturable": True, "replay_equals_eager": bool(torch.equal(out, want)),
+                "max_abs_diff": float((out.float() - want.float()).abs().max())}
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
+        return {"capturable": False, "why": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
+    from reference import ReferenceCall, reference_edit
+
+    from hpr.intervene import edit_block_outputs
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16
+    t_start = time.perf_counter()
+    model = build(tiny, device, dtype)
+    es, ref_eds = editors(model, k, dtype, device)
+    batch, seq, dbatch = (2, 32, 4) if tiny else (8, 512, 32)
+    vocab = model.config.vocab_size
+    g = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+
+    def ctx(kind: str) -> Any:
+        if kind == "hpr":
+            return es.apply(model)
+        if kind == "reference":
+            return edit_block_outputs(model, {i: ReferenceCall(ref_eds[i]) for i in es.selected})
+        return contextlib.nullcontext()
+
+    def prefill(kind: str) -> Callable[[], Any]:
+        def f() -> Any:
+            with ctx(kind), torch.no_grad():
+                return model(ids, use_cache=False)
+        return f
+
+    kinds = ("plain", "hpr", "reference")
+    result: dict[str, Any] = {
+        "benchmark": "edit_overhead_gpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "tiny": tiny,
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "config": TINY if tiny else LLAMA3_8B,
+        "edited_layers": es.selected,
+        "k": k,
+    }
+    result["prefill"] = {"shape": [batch, seq], "repeats": repeats,
+                         **summary(alternate({n: prefill(n) for n in kinds}, repeats, device))}
+
+    dids = torch.randint(0, vocab, (dbatch, seq), generator=g).to(device)
+    with torch.no_grad():
+        out = model(dids, use_cache=True)
+    cache = out["cache"] if "cache" in out else out.past_key_values
+    nxt = torch.randint(0, vocab, (dbatch, 1), generator=g).to(device)
+
+    def decode(kind: str) -> Callable[[], Any]:
+        def f() -> Any:
+            with ctx(kind), torch.no_grad():
+                o = model(nxt, cache=cache, use_cache=True)
+            cache.crop(-1)
+            return o
+        return f
+
+    result["decode"] = {"batch": dbatch, "cache_tokens": seq, "repeats": repeats * 3,
+                        **summary(alternate({n: decode(n) for n in kinds}, repeats * 3, device))}
+
+    # The edit alone vs one decoder block (prefill shape), like the anchor's per-layer ratio.
+    layer = es.selected[0]
+    args, kwargs, x = block_inputs(model, layer, ids)
+    from hpr.architectures import decoder_layers
+
+    block = decoder_layers(model)[layer]
+    ours_e, ref_e = es.editors[layer], ref_eds[layer]
+    with torch.no_grad():
+        t = alternate({"block": lambda: block(*args, **kwargs), "hpr": lambda: ours_e.edit(x),
+                       "reference": lambda: reference_edit(ref_e, x)}, repeats, device)
+    b = med(t["block"])
+    result["per_layer_prefill"] = {"shape": list(x.shape), "decoder_block_median_s": b,
+                                   "edit_median_s": {n: med(t[n]) for n in ("hpr", "reference")},
+                                   "edit_over_block": {n: med(t[n]) / b for n in ("hpr", "reference")}}
+    with torch.no_grad():
+        _, _, xd = block_inputs(model, layer, dids[:, :1])
+    result["decode_cuda_graph"] = cuda_graph_check(ours_e, xd)
+    # agreement of our path and the reference on this model's activations (bf16 output)
+    with torch.no_grad():
+        a, r = ours_e.edit(x).float(), reference_edit(ref_e, x).float()
+        edited = (ours_e.logits(x) < 0) & torch.isfinite(r).all(-1)
+    rel = ((a - r).norm(dim=-1) / x.float().norm(dim=-1).clamp_min(1e-30))[edited]
+    result["hpr_vs_reference_edited_tokens"] = int(edited.sum())
+    result["hpr_vs_reference_median_rel_diff"] = float(rel.median()) if rel.numel() else None
+    result["total_s"] = time.perf_counter() - t_start
+    result["note"] = "tiny CPU check, numbers meaningless" if tiny else "random weights from config"
+    if not math.isfinite(result["total_s"]):
+        raise RuntimeError("timer failure")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="small model, CPU ok: checks the script runs")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    res = run(a.tiny, a.repeats)
+    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / ("gpu-tiny.json" if a.tiny else "h100.json")
+    from hpr import io
+
+    io.write_json(out, res)
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

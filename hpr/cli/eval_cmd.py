@@ -1,0 +1,90 @@
+"""``hpr eval``: score a model (optionally edited) on a dataset split; write predictions + results."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS = ("base", "hpr", "hpr-noangle", "iti", "diff", "lora")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a model (and an editing method) on a dataset split")
+    p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
+    p.add_argument("--dataset", required=True, choices=("truthfulqa", "toxigen", "bbq", "seq"))
+    p.add_argument("--method", default="base", choices=METHODS, help="editing method (default: base)")
+    p.add_argument("--editors", default=None, metavar="DIR", help="directory the method was saved in")
+    p.add_argument("--k", type=int, default=None, help="hpr/hpr-noangle: edit only the top-k layers")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--engine", default="native", choices=("native", "lm-eval"))
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N examples only")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: runs/eval/<model>/<dataset>-<split>/<method>-<engine>)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="raw data directory (default: bundled)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="questions/choices per forward pass")
+    p.add_argument("--force", action="store_true", help="re-score even if a finished run exists")
+    p.set_defaults(func=_eval)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    name = args.method + (f"-k{args.k}" if args.k is not None else "") + f"-{args.engine}"
+    if args.limit is not None:
+        name += f"-n{args.limit}"
+    return Path("runs") / "eval" / _slug(args.model) / f"{args.dataset}-{args.split}" / name
+
+
+def load_method(name: str, directory: str | None, model: Any, k: int | None) -> Any:
+    """The method ``name`` from ``directory``; ``k`` keeps the top-k layers of HPR editors."""
+    from .. import methods
+    from ..errors import ParameterError
+
+    method: Any = methods.load_method(name, directory, model)
+    if k is not None:
+        if name not in ("hpr", "hpr-noangle"):
+            raise ParameterError(f"--k applies to hpr and hpr-noangle only, not {name!r}; drop --k")
+        method = method.top(k)
+    return method
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .. import data
+    from ..errors import ParameterError
+    from ..evaluate import evaluate
+    from ..models import load_model
+
+    if args.limit is not None and args.limit < 1:
+        raise ParameterError(f"--limit must be a positive number of examples, got {args.limit}")
+    records = data.load_split(args.dataset, args.split, data_dir=args.data_dir, seed=args.seed)
+    if args.limit is not None:
+        records = records[: args.limit]
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model)
+    method = load_method(args.method, args.editors, model, args.k)
+    load_s = time.perf_counter() - t0
+    out = Path(args.out) if args.out else default_out(args)
+    config = {
+        "model": args.model,
+        "split": args.split,
+        "method": args.method,
+        "editors": str(Path(args.editors).resolve()) if args.editors else None,
+        "k": args.k,
+        "limit": args.limit,
+        "seed": args.seed,
+        "data_dir": args.data_dir,
+    }
+    res = evaluate(
+        model, tok, args.dataset, records, out, method=method, engine=args.engine,
+        batch_size=args.batch_size, config=config, force=args.force, timings={"load_s": round(load_s, 3)},
+    )
+    for name, m in res["metrics"].items():
+        print(f"{args.dataset} {name}: {m['value']:.4f} ± {m['stderr']:.4f} (n={m['n']})")
+    print(f"score time {res['timings']['score_s']:.1f} s, {res.get('tokens')} tokens; wrote {out}")
+    return 0

@@ -1,0 +1,168 @@
+"""Run one evaluation: model + method + records -> predictions JSONL + results JSON.
+
+``evaluate`` scores every record with the native prefix-sharing scorer (``engine="native"``) or
+lm-eval (``engine="lm-eval"``), writes ``predictions.jsonl`` (one row per record, see
+``hpr.metrics``) and then ``results.json`` (metrics with standard errors, config, package
+versions, git commit, timings, tokens through the model) into ``out_dir``, both atomically.
+``results.json`` is written last, so its presence marks a finished run: a rerun with the same
+config returns it without scoring again.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import io, metrics, scoring, tasks
+from .errors import ParameterError
+from .records import Record
+
+ENGINES = ("native", "lm-eval")
+PREDICTIONS_FILE = "predictions.jsonl"
+RESULTS_FILE = "results.json"
+FORMAT = "hpr-eval/1"
+_PACKAGES = ("hpr", "torch", "transformers", "lm_eval", "numpy", "datasets")
+
+
+def versions() -> dict[str, str | None]:
+    """Python and the installed versions of the packages an evaluation depends on."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the repository holding this package, or ``None`` outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "dirty": bool(status.strip())}
+
+
+def load_results(out_dir: str | Path) -> dict[str, Any] | None:
+    """The finished results in ``out_dir``, or ``None`` if there are none (or unreadable)."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+
+
+def load_predictions(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The prediction rows of a finished run in ``out_dir``."""
+    path = Path(out_dir) / PREDICTIONS_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def score_records(
+    model: nn.Module,
+    tokenizer: Any,
+    dataset: str,
+    records: Sequence[Record],
+    *,
+    method: Any = None,
+    engine: str = "native",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[list[list[float]], dict[str, Any]]:
+    """Per-record, per-choice log-likelihoods with ``engine``; second value: engine extras."""
+    tasks.check_dataset(dataset)
+    if engine == "native":
+        reqs = [tasks.request(dataset, r) for r in records]
+        with scoring.count_tokens(model) as count:
+            ll = scoring.score(model, tokenizer, reqs, method=method, batch_size=batch_size, progress=progress)
+        return ll, {"tokens": count.tokens, "model_calls": count.calls}
+    if engine == "lm-eval":
+        from . import lmeval
+
+        with scoring.count_tokens(model) as count:
+            ll, summary = lmeval.run(model, tokenizer, dataset, records, method=method, batch_size=batch_size)
+        return ll, {"tokens": count.tokens, "model_calls": count.calls, "lm_eval": summary}
+    raise ParameterError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    dataset: str,
+    records: Sequence[Record],
+    out_dir: str | Path,
+    *,
+    method: Any = None,
+    engine: str = "native",
+    batch_size: int = 16,
+    config: Mapping[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    timings: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Score ``records``, write predictions and results into ``out_dir``; return the results.
+
+    ``timings`` (e.g. ``{"load_s": ...}``) are added to the measured scoring time.
+    ``config`` (model, split, method name, editors dir, seed, limit, ...) is stored in the
+    results together with dataset, engine, batch size and the record ids' hash; a finished run
+    with an equal config is returned as is unless ``force``.
+    """
+    if not records:
+        raise ParameterError(f"no {dataset} records to evaluate; check the split and --limit")
+    if engine not in ENGINES:
+        raise ParameterError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    cfg = {
+        **dict(config or {}),
+        "dataset": dataset,
+        "engine": engine,
+        "batch_size": batch_size,
+        "n": len(records),
+        "records_hash": io.stable_hash([r.to_dict() for r in records]),
+    }
+    out = Path(out_dir)
+    done = load_results(out)
+    if done is not None and not force and done.get("config") == json.loads(json.dumps(cfg, default=str)):
+        return done
+    t0 = time.perf_counter()
+    ll, extra = score_records(
+        model, tokenizer, dataset, records, method=method, engine=engine, batch_size=batch_size, progress=progress
+    )
+    score_s = time.perf_counter() - t0
+    rows: list[Mapping[str, Any]] = [metrics.predict(dataset, r, x) for r, x in zip(records, ll, strict=True)]
+    io.write_jsonl(out / PREDICTIONS_FILE, rows)
+    results = {
+        "format": FORMAT,
+        "metrics": metrics.summarize(dataset, rows),
+        "config": cfg,
+        **{k: v for k, v in extra.items() if k in ("tokens", "model_calls", "lm_eval")},
+        "timings": {**dict(timings or {}), "score_s": round(score_s, 3), "per_example_s": round(score_s / len(records), 4)},
+        "versions": versions(),
+        "git": git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "predictions": PREDICTIONS_FILE,
+    }
+    io.write_json(out / RESULTS_FILE, results)
+    return results
+
+
+__all__ = ["ENGINES", "evaluate", "git_commit", "load_predictions", "load_results", "score_records", "versions"]

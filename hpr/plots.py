@@ -1,0 +1,134 @@
+"""Figures of the book (matplotlib/seaborn). Each function returns a ``Figure``; nothing is shown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+
+
+def _fig(w: float = 8.0, h: float = 3.5) -> Figure:
+    sns.set_theme(style="whitegrid", context="notebook")
+    return Figure(figsize=(w, h), layout="constrained")
+
+
+def show(fig: Figure, dpi: int = 90) -> None:
+    """Display ``fig`` as a PNG in the notebook (independent of the matplotlib backend)."""
+    import io
+
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    display(Image(buf.getvalue()))
+
+
+def coefficient_of_variation(values: Sequence[float] | np.ndarray) -> float:
+    """std / mean of ``values`` (unitless); NaN for an empty or zero-mean input."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0 or arr.mean() == 0:
+        return float("nan")
+    return float(arr.std() / arr.mean())
+
+
+def norm_boxplots(pos: Mapping[int, np.ndarray], neg: Mapping[int, np.ndarray], title: str = "") -> Figure:
+    """Per-layer box plots of activation norms for positive and negative answers (Figure 3)."""
+    fig = _fig(max(6.0, 0.35 * len(pos) + 2), 3.6)
+    ax = fig.subplots()
+    layers = sorted(pos)
+    x = np.arange(len(layers))
+    for off, data, color, label in ((-0.18, pos, "tab:green", "positive"), (0.18, neg, "tab:red", "negative")):
+        bp = ax.boxplot([np.asarray(data[i]) for i in layers], positions=x + off, widths=0.3, showfliers=False,
+                        patch_artist=True)
+        for b in bp["boxes"]:
+            b.set_facecolor(color)
+            b.set_alpha(0.5)
+        ax.plot([], [], color=color, lw=6, alpha=0.5, label=label)
+    ax.set_xticks(x, [str(i) for i in layers], fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("activation norm")
+    ax.set_title(title or "activation norms per layer")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def norm_histograms(norms: Mapping[str, np.ndarray], title: str = "") -> Figure:
+    """Overlaid norm distributions, e.g. original vs edited by each method (Figure 4)."""
+    fig = _fig(7.0, 3.4)
+    ax = fig.subplots()
+    for name, vals in norms.items():
+        sns.kdeplot(np.asarray(vals, dtype=float), ax=ax, label=name, fill=True, alpha=0.2, warn_singular=False)
+    ax.set_xlabel("activation norm")
+    ax.set_title(title or "norm distributions")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def probe_accuracy(acc: Mapping[int, float], selected: Sequence[int], title: str = "") -> Figure:
+    """Validation probe accuracy per layer, the selected top-k layers highlighted (Figure 2)."""
+    fig = _fig(max(5.0, 0.3 * len(acc) + 2), 3.2)
+    ax = fig.subplots()
+    layers = sorted(acc)
+    colors = ["tab:orange" if i in set(selected) else "tab:blue" for i in layers]
+    ax.bar([str(i) for i in layers], [100 * acc[i] for i in layers], color=colors)
+    ax.axhline(50, color="0.5", ls="--", lw=1)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("probe accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "probe accuracy per layer (orange: selected)")
+    ax.tick_params(axis="x", labelsize=7)
+    return fig
+
+
+def loss_curves(history: Mapping[str, Mapping[int, Sequence[float]]] | Mapping[str, Sequence[Sequence[float]]],
+                layers: Sequence[int], title: str = "") -> Figure:
+    """Per-epoch training loss (and its BCE/MSE parts) of the given layers."""
+    fig = _fig(9.0, 3.0)
+    axes = fig.subplots(1, len(history), squeeze=False)[0]
+    for ax, (name, per_layer) in zip(axes, history.items(), strict=False):
+        seq = per_layer if isinstance(per_layer, Mapping) else dict(enumerate(per_layer))
+        for j, layer in enumerate(layers):
+            key = layer if layer in seq else j
+            if key in seq:
+                ys = list(seq[key])
+                ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=f"layer {layer}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "training loss")
+    return fig
+
+
+def angle_scatter(pred: np.ndarray, target: np.ndarray, title: str = "") -> Figure:
+    """Predicted vs target rotation angle (radians) for negative activations."""
+    fig = _fig(4.2, 4.0)
+    ax = fig.subplots()
+    ax.scatter(np.asarray(target), np.asarray(pred), s=6, alpha=0.4)
+    hi = float(max(np.max(target, initial=0.1), np.max(pred, initial=0.1)))
+    ax.plot([0, hi], [0, hi], color="0.4", ls="--", lw=1)
+    ax.set_xlabel("target angle (rad)")
+    ax.set_ylabel("predicted angle (rad)")
+    ax.set_title(title or "predicted vs target angle")
+    return fig
+
+
+def k_curve(ks: Sequence[int], values: Mapping[str, Sequence[float]], base: Mapping[str, float] | None = None,
+            title: str = "") -> Figure:
+    """Metric values (percent) of HPR editing the top k layers, k = 1..N (Figure 6)."""
+    fig = _fig(6.0, 3.4)
+    ax = fig.subplots()
+    for i, (name, ys) in enumerate(values.items()):
+        line = ax.plot(list(ks), [100 * y for y in ys], marker="o", label=f"HPR {name}")
+        if base and name in base:
+            ax.axhline(100 * base[name], color=line[0].get_color(), ls=":", lw=1, label=f"base {name}" if i < 9 else None)
+    ax.set_xlabel("number of edited layers k")
+    ax.set_ylabel("score (%)")
+    ax.set_title(title or "HPR with k edited layers")
+    ax.legend(fontsize=8)
+    return fig
+
+
+__all__ = ["angle_scatter", "coefficient_of_variation", "k_curve", "loss_curves", "norm_boxplots",
+           "norm_histograms", "probe_accuracy", "show"]

@@ -1,0 +1,331 @@
+"""Log-likelihood scoring of multiple-choice requests, with a shared-prefix KV cache.
+
+A request is a context and its continuations (the choices, each with its leading space). The
+log-likelihood of a continuation is the sum of the per-token log-probabilities (natural log)
+of its tokens given the context, exactly as lm-evaluation-harness computes it:
+
+- tokenization follows lm-eval's ``HFLM``: trailing spaces of the context move to the
+  continuation; the context is encoded alone, ``context + continuation`` is encoded whole, and
+  the continuation tokens are the whole encoding after the context's length (``encode_pair``);
+  the tokenizer adds its special tokens (BOS) unless the text starts with the BOS text.
+- the model sees ``(context + continuation)[:-1]``; the last context position predicts the
+  first continuation token.
+
+``score`` runs the token prefix shared by every context (TruthfulQA's six-example primer) once,
+keeps its KV cache, runs each context's remaining tokens on top of it (questions batched,
+right-padded), then every choice of a question in one batch on top of that question's cache.
+Every token passes through the model once, so editing hooks (``hpr.intervene``) edit the
+prefix and the continuations exactly as a full pass would. ``score_full`` is the plain
+reference: one full sequence per choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .errors import DataError, ParameterError
+
+KV = list[tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One multiple-choice question: ``context`` and ``continuations`` (leading space included)."""
+
+    id: str
+    context: str
+    continuations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a request: the context and each continuation (lm-eval's split)."""
+
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+
+
+def _prefix_id(tokenizer: Any) -> int | None:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
+
+
+def tok_encode(tokenizer: Any, text: str) -> list[int]:
+    """Encode like lm-eval's ``HFLM.tok_encode``: special tokens unless ``text`` starts with BOS."""
+    pid = _prefix_id(tokenizer)
+    kwargs: dict[str, Any] = {}
+    if pid is not None and text.startswith(tokenizer.decode(pid)):
+        kwargs["add_special_tokens"] = False
+    return list(tokenizer.encode(text, **kwargs))
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation token ids, split as lm-eval's causal ``_encode_pair`` does."""
+    if not context:
+        raise DataError("a request has an empty context; every prompt needs some text")
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok_encode(tokenizer, context + continuation)
+    ctx = tok_encode(tokenizer, context)
+    return ctx, whole[len(ctx):]
+
+
+def encode_request(tokenizer: Any, request: Request) -> Encoded:
+    """Token ids of ``request``; ``DataError`` for a continuation with no tokens."""
+    if not request.continuations:
+        raise DataError(f"request {request.id!r} has no choices")
+    ctx: list[int] | None = None
+    conts = []
+    for c in request.continuations:
+        cx, ct = encode_pair(tokenizer, request.context, c)
+        if not ct:
+            raise DataError(f"choice {c!r} of {request.id!r} has no tokens; remove empty choices")
+        ctx = cx
+        conts.append(tuple(ct))
+    assert ctx is not None
+    return Encoded(tuple(ctx), tuple(conts))
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model takes (``max_position_embeddings``), or None if unknown."""
+    cfg = model.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return int(n) if n else None
+
+
+def fit_lengths(encs: Sequence[Encoded], limit: int | None, what: str = "requests") -> list[Encoded]:
+    """``encs`` with contexts cut from the left so that context + longest continuation fit in
+    ``limit`` tokens (as lm-eval does); warns with the number of truncated ones, ``DataError`` if a
+    continuation alone does not fit."""
+    if limit is None:
+        return list(encs)
+    out, cut = [], 0
+    for e in encs:
+        longest = max(len(c) for c in e.continuations)
+        if longest >= limit:
+            raise DataError(f"a choice of {longest} tokens does not fit the model's {limit} positions; "
+                            "shorten or drop that example")
+        if len(e.context) + longest > limit:
+            out.append(Encoded(e.context[len(e.context) + longest - limit:], e.continuations))
+            cut += 1
+        else:
+            out.append(e)
+    if cut:
+        msg = (f"{cut} of {len(encs)} {what} were longer than the model's {limit} positions; their "
+               "prompts were truncated from the left (the first tokens dropped)")
+        warnings.warn(msg, stacklevel=3)
+        logging.getLogger(__name__).warning(msg)
+    return out
+
+
+@dataclass
+class TokenCount:
+    """Tokens that went through the model (``input_ids`` elements, padding included), and calls."""
+
+    tokens: int = 0
+    calls: int = 0
+
+
+@contextmanager
+def count_tokens(model: nn.Module) -> Iterator[TokenCount]:
+    """Count the ``input_ids`` elements of every forward call of ``model`` inside the block."""
+    count = TokenCount()
+
+    def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, Tensor):
+            count.tokens += int(ids.numel())
+            count.calls += 1
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sliding_window(model: nn.Module) -> int | None:
+    cfg: Any = model.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    types = getattr(text, "layer_types", None) or []
+    win = getattr(text, "sliding_window", None)
+    if win and (any("sliding" in str(t) for t in types) or not types):
+        return int(win)
+    return None
+
+
+def _cache(model: nn.Module, kv: KV | None, batch: int) -> Any:
+    from transformers import DynamicCache
+
+    config: Any = model.config
+    if kv is None:
+        return DynamicCache(config=config)
+    data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
+    return DynamicCache(data, config=config)
+
+
+def _kv(cache: Any, row: int | None = None, length: int | None = None) -> KV:
+    out = []
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        if row is not None:
+            k, v = k[row : row + 1], v[row : row + 1]
+        if length is not None:
+            k, v = k[:, :, :length], v[:, :, :length]
+        out.append((k, v))
+    return out
+
+
+def _pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of ``seqs``, at most ``min(len) - 1`` (each keeps one)."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return max(n, 0)
+
+
+def _method_ctx(method: Any, model: nn.Module) -> Any:
+    return nullcontext() if method is None else method.apply(model)
+
+
+@torch.no_grad()
+def score(
+    model: nn.Module,
+    tokenizer: Any,
+    requests: Sequence[Request],
+    *,
+    method: Any = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[list[float]]:
+    """Per-request, per-continuation log-likelihoods (nats, summed over continuation tokens).
+
+    ``method``: anything with an ``apply(model)`` context manager (``None`` = the model as is);
+    the whole scoring, shared prefix included, runs inside it. ``batch_size``: questions per
+    context pass and choices per continuation pass.
+    """
+    if batch_size < 1:
+        raise ParameterError(f"batch_size must be at least 1, got {batch_size}")
+    encs = fit_lengths([encode_request(tokenizer, r) for r in requests], max_positions(model))
+    if not encs:
+        return []
+    longest = max(len(e.context) + max(len(c) for c in e.continuations) for e in encs)
+    window = _sliding_window(model)
+    if window is not None and longest >= window:
+        # A sliding-window cache drops old keys; fall back to full sequences (still exact).
+        return score_full(model, tokenizer, requests, method=method, progress=progress)
+    device = _device(model)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    n_prefix = common_prefix([e.context for e in encs])
+    out: list[list[float]] = [[] for _ in encs]
+    with _method_ctx(method, model):
+        prefix_kv: KV | None = None
+        if n_prefix:
+            ids = torch.tensor([encs[0].context[:n_prefix]], dtype=torch.long, device=device)
+            cache = _cache(model, None, 1)
+            model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            prefix_kv = _kv(cache)
+        bar = tqdm(total=len(encs), desc="scoring", unit="q", disable=not progress)
+        for start in range(0, len(encs), batch_size):
+            chunk = encs[start : start + batch_size]
+            tails = [e.context[n_prefix:] for e in chunk]
+            last = torch.tensor([[len(t) - 1] for t in tails], dtype=torch.long, device=device)
+            cache = _cache(model, prefix_kv, len(chunk))
+            res = model(input_ids=_pad(tails, pad, device), cache=cache, use_cache=True, logits_to_keep=last)
+            first_lp = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # (B, V)
+            for j, enc in enumerate(chunk):
+                q_kv = _kv(cache, row=j, length=n_prefix + len(tails[j]))
+                out[start + j] = _score_choices(model, enc, first_lp[j], q_kv, pad, batch_size, device)
+                bar.update(1)
+        bar.close()
+    return out
+
+
+def _score_choices(
+    model: nn.Module, enc: Encoded, first_lp: Tensor, q_kv: KV, pad: int, batch_size: int, device: torch.device
+) -> list[float]:
+    """Log-likelihoods of ``enc``'s continuations on top of its context cache ``q_kv``."""
+    totals = [float(first_lp[c[0]]) for c in enc.continuations]
+    longer = [i for i, c in enumerate(enc.continuations) if len(c) > 1]
+    for s in range(0, len(longer), batch_size):
+        idx = longer[s : s + batch_size]
+        inputs = [enc.continuations[i][:-1] for i in idx]
+        res = model(
+            input_ids=_pad(inputs, pad, device), cache=_cache(model, q_kv, len(idx)), use_cache=True
+        )
+        lp = F.log_softmax(res.logits.float(), dim=-1)  # (b, L, V)
+        for row, i in enumerate(idx):
+            targets = torch.tensor(enc.continuations[i][1:], dtype=torch.long, device=device)
+            picked = lp[row, : len(targets)].gather(-1, targets[:, None]).squeeze(-1)
+            totals[i] += float(picked.double().sum())
+    return totals
+
+
+@torch.no_grad()
+def score_full(
+    model: nn.Module,
+    tokenizer: Any,
+    requests: Sequence[Request],
+    *,
+    method: Any = None,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Reference scorer: every continuation as its own full sequence, no cache, batch size 1."""
+    device = _device(model)
+    out = []
+    with _method_ctx(method, model):
+        encs = fit_lengths([encode_request(tokenizer, r) for r in requests], max_positions(model))
+        for enc in tqdm(encs, desc="scoring (full)", unit="q", disable=not progress):
+            row = []
+            for cont in enc.continuations:
+                seq = list(enc.context) + list(cont)
+                ids = torch.tensor([seq[:-1]], dtype=torch.long, device=device)
+                lp = F.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+                tgt = torch.tensor(cont, dtype=torch.long, device=device)
+                row.append(float(lp[-len(cont):].gather(-1, tgt[:, None]).double().sum()))
+            out.append(row)
+    return out
+
+
+__all__ = [
+    "Encoded",
+    "Request",
+    "TokenCount",
+    "common_prefix",
+    "count_tokens",
+    "encode_pair",
+    "encode_request",
+    "fit_lengths",
+    "max_positions",
+    "score",
+    "score_full",
+    "tok_encode",
+]

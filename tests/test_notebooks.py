@@ -1,0 +1,60 @@
+"""Every notebook of the book, executed by papermill on the tiny random model with tiny data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from notebook_helpers import executed_study
+
+pytestmark = pytest.mark.slow  # six kernels, about 2-3 minutes on two cores
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    return executed_study(tmp_path_factory.mktemp("book"))
+
+
+def _outputs(path: Path) -> list[dict[str, Any]]:
+    nb = nbformat.read(path, as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def test_all_notebooks_ran(study: tuple[Path, list[Any]]) -> None:
+    root, results = study
+    assert [(r.name, r.status) for r in results] == [(s, "ran") for s in (
+        "03_hpr_training", "02_probe_accuracy", "04_benchmarks", "05_flip_rates", "01_activation_norms",
+        "06_rotate_activations")], [(r.name, r.status, r.cell, r.error) for r in results]
+    for r in results:
+        nb = nbformat.read(root / "book" / "notebooks" / f"{r.name}.ipynb", as_version=4)
+        assert nb.metadata["hpr"]["parameters"]["model"] == "tiny-random" or "models" in nb.metadata["hpr"]["parameters"]
+        assert not any(o.get("output_type") == "error" for o in _outputs(root / "book" / "notebooks" / f"{r.name}.ipynb"))
+
+
+@pytest.mark.parametrize("name,images", [("01_activation_norms", 2), ("02_probe_accuracy", 1),
+                                         ("03_hpr_training", 2), ("04_benchmarks", 1)])
+def test_figures_present(study: tuple[Path, list[Any]], name: str, images: int) -> None:
+    outs = _outputs(study[0] / "book" / "notebooks" / f"{name}.ipynb")
+    assert sum("image/png" in o.get("data", {}) for o in outs) >= images
+
+
+def test_tables_and_artifacts(study: tuple[Path, list[Any]]) -> None:
+    root = study[0]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(root / "book/notebooks/04_benchmarks.ipynb"))
+    assert "MC1 (%)" in html and "bbq" in html and "HPR" in html
+    flips = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(root / "book/notebooks/05_flip_rates.ipynb"))
+    assert "false_to_true" in flips and "iti-200" in flips
+    run = root / "runs" / "book" / "tiny-random" / "truthfulqa" / "seed0"
+    assert (run / "hpr" / "config.json").is_file() and (run / "iti" / "config.json").is_file()
+    assert (run / "results" / "truthfulqa" / "hpr.json").is_file()
+    assert (run / "results" / "truthfulqa" / "hpr.jsonl").is_file()
+
+
+def test_rotation_notebook_has_widget_and_player(study: tuple[Path, list[Any]]) -> None:
+    path = study[0] / "book/notebooks/06_rotate_activations.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state")
+    html = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(path))
+    assert "anim" in html and "https://" not in html

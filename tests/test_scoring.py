@@ -1,0 +1,108 @@
+"""Native prefix-sharing scorer vs plain full-sequence scoring on the tiny random model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hpr import tasks
+from hpr.architectures import fingerprint
+from hpr.editor import HPR, EditorSet
+from hpr.errors import DataError, ParameterError
+from hpr.records import Record
+from hpr.scoring import Request, common_prefix, count_tokens, encode_pair, score, score_full
+
+PRIMER = "Q: A shared primer, the same for every question.\nA: Yes, it is the same one.\n\n" * 2
+
+
+def _requests(n: int = 6) -> list[Request]:
+    out = []
+    for i in range(n):
+        ctx = f"{PRIMER}\n\nQ: question number {i}{'?' * i}\nA:"
+        conts = (" yes", " no, never" + "!" * i, " m", " it depends on the day")
+        out.append(Request(f"r{i}", ctx, conts))
+    return out
+
+
+def _editors(model: torch.nn.Module, layers: tuple[int, ...] = (1, 2)) -> EditorSet:
+    torch.manual_seed(1)
+    eds = {i: HPR(64, angle_layers=2) for i in layers}
+    return EditorSet(eds, fingerprint(model))
+
+
+def _maxdiff(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+def test_native_equals_full_base(tiny_model, tokenizer) -> None:
+    reqs = _requests()
+    native = score(tiny_model, tokenizer, reqs, batch_size=3, progress=False)
+    full = score_full(tiny_model, tokenizer, reqs)
+    assert _maxdiff(native, full) < 1e-5
+
+
+def test_native_equals_full_with_editors(tiny_model, tokenizer) -> None:
+    reqs = _requests()
+    eds = _editors(tiny_model)
+    native = score(tiny_model, tokenizer, reqs, method=eds, batch_size=2, progress=False)
+    full = score_full(tiny_model, tokenizer, reqs, method=eds)
+    base = score_full(tiny_model, tokenizer, reqs)
+    assert _maxdiff(native, full) < 1e-5
+    assert _maxdiff(full, base) > 1e-3  # the editors do change the scores
+    # the hooks are gone afterwards
+    assert _maxdiff(score(tiny_model, tokenizer, reqs, progress=False), base) < 1e-5
+
+
+def test_batch_size_does_not_change_scores(tiny_model, tokenizer) -> None:
+    reqs = _requests(5)
+    a = score(tiny_model, tokenizer, reqs, batch_size=1, progress=False)
+    b = score(tiny_model, tokenizer, reqs, batch_size=16, progress=False)
+    assert _maxdiff(a, b) < 1e-5
+
+
+def test_fewer_tokens_than_full(tiny_model, tokenizer) -> None:
+    reqs = _requests()
+    with count_tokens(tiny_model) as native:
+        score(tiny_model, tokenizer, reqs, progress=False)
+    with count_tokens(tiny_model) as full:
+        score_full(tiny_model, tokenizer, reqs)
+    assert 0 < native.tokens < full.tokens / 3
+
+
+def test_single_request_and_one_token_choices(tiny_model, tokenizer) -> None:
+    reqs = [Request("a", "Is it? ", ("Y", "N"))]  # trailing space moves to the continuation
+    assert _maxdiff(score(tiny_model, tokenizer, reqs, progress=False), score_full(tiny_model, tokenizer, reqs)) < 1e-5
+
+
+def test_truthfulqa_requests(tiny_model, tokenizer) -> None:
+    tiny_model.config.max_position_embeddings = 4096
+    recs = [Record(f"q{i}", f"Why {i}?", ("Because.", "No reason at all."), (0,), best=0, mc1=(0, 1)) for i in range(3)]
+    reqs = [tasks.request("truthfulqa", r) for r in recs]
+    assert reqs[0].context.startswith("Q: What is human life expectancy")
+    assert reqs[0].continuations == (" Because.", " No reason at all.")
+    native = score(tiny_model, tokenizer, reqs, progress=False)
+    assert np.allclose(native, score_full(tiny_model, tokenizer, reqs), atol=1e-4)
+
+
+def test_encode_pair_moves_trailing_space(tokenizer) -> None:
+    ctx, cont = encode_pair(tokenizer, "Q: a\nA: ", "b")
+    assert tokenizer.decode(ctx) == "Q: a\nA:"
+    assert tokenizer.decode(cont) == " b"
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert common_prefix([[1, 2, 3]]) == 2  # each context keeps at least one token
+    assert common_prefix([[1, 2], [1, 2, 3]]) == 1
+    assert common_prefix([[7], [8]]) == 0
+
+
+def test_bad_input(tiny_model, tokenizer) -> None:
+    with pytest.raises(DataError):
+        score(tiny_model, tokenizer, [Request("x", "ctx", ())], progress=False)
+    with pytest.raises(DataError):
+        score(tiny_model, tokenizer, [Request("x", "", (" a",))], progress=False)
+    with pytest.raises(ParameterError):
+        score(tiny_model, tokenizer, _requests(1), batch_size=0, progress=False)
+    assert score(tiny_model, tokenizer, [], progress=False) == []
