@@ -127,3 +127,20 @@ def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two fingerprints describe the same model (architecture and sizes; names too)."""
     keys = ("architecture", "model_type", "hidden_size", "num_layers", "name")
     return all(a.get(k) == b.get(k) for k in keys)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of the model's weights (per-parameter float64 sum and sum of squares), so that
+    caches keyed by it are never reused for a model with the same name but other weights."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            x = p.detach()
+            stats = torch.stack([x.sum(dtype=torch.float64), x.float().pow(2).sum(dtype=torch.float64)])
+            h.update(name.encode())
+            h.update(stats.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import io
-from .architectures import decoder_layers, hidden_size
+from .architectures import decoder_layers, hidden_size, weights_digest
 from .architectures import fingerprint as model_fingerprint
 from .errors import DataError, ParameterError
 from .prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
@@ -214,7 +214,7 @@ def capture_key(
 ) -> str:
     """The cache key of a capture (see the module docstring)."""
     return io.stable_hash({
-        "v": CAPTURE_VERSION, "model": model_fingerprint(model, name),
+        "v": CAPTURE_VERSION, "model": model_fingerprint(model, name), "weights": weights_digest(model),
         "dtype": str(next(model.parameters()).dtype), "dataset": dataset, "split": split,
         "format": prompt_format, "seed": seed, "chat": chat, "layers": list(layers),
         "data": data_hash(records),

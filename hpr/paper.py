@@ -21,6 +21,18 @@ PAPER_MODEL = "Llama-2-7B-chat"
 
 #: (dataset, method, metric) -> (value in percent, table of the paper). Transcribe from the paper
 #: only; never put a number here that is not printed in it.
+#:
+#: Keys use this package's names: dataset in ``hpr.data.DATASETS`` ("truthfulqa", "bbq", "seq",
+#: "toxigen"); method in ``hpr.methods.METHOD_NAMES`` plus "iti-15" / "iti-200" (Table 3); metric
+#: "mc1", "mc2" (Table 1), "acc" (Table 2), "false_to_true", "true_to_false", "remains_true",
+#: "remains_false" (Table 3). Each entry should say its table, e.g. "Table 1".
+#:
+#: Still empty: no value of Tables 1-3 or Figure 6 has been read from a copy of the paper yet.
+#: Copies consulted (only their opening sections, title to introduction, could be read; no table):
+#: https://arxiv.org/html/2409.10053v1, https://www.sciencestack.ai/paper/2409.10053,
+#: https://deep-paper.org/en/paper/2409.10053. The official code, github.com/VinAIResearch/HPR
+#: (README.md), reports no numbers. Fill in from the PDF (https://aclanthology.org/2024.emnlp-main.761,
+#: pp. 13737-13751) or the arXiv HTML, reading each value from the page, for PAPER_MODEL only.
 PAPER: dict[tuple[str, str, str], tuple[float, str]] = {}
 
 NOT_TRANSCRIBED = "not transcribed"

@@ -92,7 +92,7 @@ def loss_curves(history: Mapping[str, Mapping[int, Sequence[float]]] | Mapping[s
         for j, layer in enumerate(layers):
             key = layer if layer in seq else j
             if key in seq:
-                ys = list(seq[key])
+                ys = [float(v) for v in seq[key]]  # type: ignore[union-attr]
                 ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=f"layer {layer}")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")

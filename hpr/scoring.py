@@ -100,7 +100,7 @@ def encode_request(tokenizer: Any, request: Request) -> Encoded:
 
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model takes (``max_position_embeddings``), or None if unknown."""
-    cfg = model.config
+    cfg: Any = model.config
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     n = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
     return int(n) if n else None

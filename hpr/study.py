@@ -55,8 +55,8 @@ def _tiny_dir() -> Path:
         return path
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    for tok in ("<bos>", "<eos>", "<pad>"):
-        vocab[tok] = len(vocab)
+    for special in ("<bos>", "<eos>", "<pad>"):
+        vocab[special] = len(vocab)
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
@@ -218,7 +218,7 @@ def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_
     res = {"model": model_name, "method": method, "tag": tag, "train_dataset": dataset, "dataset": target,
            "split": "test", "n": len(records), "limit": limit, "seed": seed, "k": k, "engine": "native",
            "metrics": summarize(target, rows), "seconds": round(seconds, 2)}
-    io.write_jsonl(path.with_suffix(".jsonl"), rows)
+    io.write_jsonl(path.with_suffix(".jsonl"), list[Any](rows))
     io.write_json(path, res)
     return res
 

@@ -154,7 +154,7 @@ class RotationExplorer:
         labels = [repr(tok)[1:-1] or "(empty)" for tok in frame.tokens]
         bx.barh(range(len(labels))[::-1], frame.probs, color="tab:blue")
         bx.set_yticks(range(len(labels))[::-1], labels, fontsize=8)
-        bx.set_xlim(0, 1)
+        bx.set_xlim(0, min(1.0, 1.3 * max(max(frame.probs), 1e-3)))
         bx.set_title("next-token probability", fontsize=9)
         fig.tight_layout()
         return fig

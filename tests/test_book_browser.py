@@ -129,6 +129,9 @@ LIVE_CELLS = [
 ]
 
 
+READOUT = ("return Array.from(document.querySelectorAll('.widget-html-content')).map(e => e.innerHTML).filter(t => t.includes('p(a')).join('|')")
+
+
 @needs_browser
 def test_live_jupyter_slider_changes_output(tmp_path: Path, browser: Any) -> None:
     import nbformat
@@ -155,21 +158,23 @@ def test_live_jupyter_slider_changes_output(tmp_path: Path, browser: Any) -> Non
                 time.sleep(0.5)
         browser.get(f"{base}/notebooks/rotate.ipynb?token={token}")
         _wait(browser, "return !!document.querySelector('.jp-Notebook .jp-Cell')", 60)
-        _wait(browser, "return !!(window.jupyterapp && window.jupyterapp.commands)", 30)
-        time.sleep(2)
-        browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        _wait(browser, "return !!document.querySelector('.jp-Notebook .jp-Cell .cm-content')", 60)
+        time.sleep(3)  # let the kernel start
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        browser.find_element("css selector", ".jp-Notebook .jp-Cell .cm-content").click()
+        ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
         _wait(browser, "return !!document.querySelector('.jupyter-widgets img')", 120)
         src0 = browser.execute_script("return document.querySelector('.jupyter-widgets img').src")
-        html0 = browser.execute_script("return document.querySelector('.widget-html-content').innerHTML")
+        html0 = browser.execute_script(READOUT)
         handles = browser.find_elements("css selector", ".widget-slider .noUi-handle")
         theta = handles[-1]  # layer, example, theta
         browser.execute_script("arguments[0].scrollIntoView()", theta)
-        theta.click()
-        for _ in range(6):
-            theta.send_keys("\ue014")  # ArrowRight
+        ActionChains(browser).drag_and_drop_by_offset(theta, 60, 0).perform()  # move theta right
         _wait(browser, f"return document.querySelector('.jupyter-widgets img').src !== {json.dumps(src0)}", 60)
-        html1 = browser.execute_script("return document.querySelector('.widget-html-content').innerHTML")
-        assert html1 != html0
+        html1 = browser.execute_script(READOUT)
+        assert html0 and html1 and html1 != html0
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "live-rotation-widget.png"))
     finally:

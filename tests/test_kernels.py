@@ -24,6 +24,13 @@ def _draw(seed: int, d: int, n: int = 4, scale: float = 1.0) -> tuple[torch.Tens
     return x, w
 
 
+def _tilted(x: torch.Tensor, w: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+    """``x`` with its component along ``w`` set to ``ratio`` times the rest: sin(gamma) ~ 0.8."""
+    wh = w / w.norm()
+    perp = x - (x @ wh).unsqueeze(-1) * wh
+    return perp + ratio * perp.norm(dim=-1, keepdim=True) * wh
+
+
 def dense_reflect(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``H x`` with the dense d x d matrix ``I - 2 w w^T / w^T w`` in float64."""
     w64 = w.double()
@@ -32,11 +39,14 @@ def dense_reflect(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def law_of_sines(x: torch.Tensor, w: torch.Tensor, theta: torch.Tensor | float,
-                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The paper's formula ``sin(t)/sin(g) Hx + sin(g - t)/sin(g) x`` with the dense H."""
+                 dtype: torch.dtype = torch.float64, dense: bool = True) -> torch.Tensor:
+    """The paper's formula ``sin(t)/sin(g) Hx + sin(g - t)/sin(g) x`` (dense H, or H x in O(d))."""
     xd, wd = x.to(dtype), w.to(dtype)
-    H = torch.eye(len(w), dtype=dtype) - 2.0 * torch.outer(wd, wd) / (wd @ wd)
-    hx = xd @ H.T
+    if dense:
+        H = torch.eye(len(w), dtype=dtype) - 2.0 * torch.outer(wd, wd) / (wd @ wd)
+        hx = xd @ H.T
+    else:
+        hx = xd - 2.0 * ((xd @ wd) / (wd @ wd)).unsqueeze(-1) * wd
     cos_g = (xd * hx).sum(-1) / (xd.norm(dim=-1) * hx.norm(dim=-1))
     g = torch.arccos(cos_g.clamp(-1, 1))
     t = torch.as_tensor(theta, dtype=dtype)
@@ -64,8 +74,7 @@ def test_reflect_norm_involution_dense(seed: int, d: int, scale: float) -> None:
 @given(SEEDS, DIMS, THETAS, SCALES)
 def test_pseudo_rotate_norm_and_angle(seed: int, d: int, theta: float, scale: float) -> None:
     x, w = _draw(seed, d, scale=scale)
-    # Tilt x towards w so that sin(gamma) is well above the plane tolerance at every d.
-    x = x + 0.3 * scale * math.sqrt(d) * w / w.norm()
+    x = _tilted(x, w)  # sin(gamma) well above the plane tolerance at every d
     assert bool((_plane_sin(x, w) > 1e3 * PLANE_TOL).all())
     out = pseudo_rotate(x, w, theta)
     torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1), rtol=1e-5, atol=0)
@@ -80,7 +89,7 @@ def test_pseudo_rotate_norm_and_angle(seed: int, d: int, theta: float, scale: fl
 @given(SEEDS, st.sampled_from([2, 3, 8, 32, 128]), THETAS)
 def test_pseudo_rotate_matches_dense_law_of_sines(seed: int, d: int, theta: float) -> None:
     x, w = _draw(seed, d)
-    x = x + 0.5 * math.sqrt(d) * w / w.norm()
+    x = _tilted(x, w)
     want = law_of_sines(x, w, theta)
     torch.testing.assert_close(pseudo_rotate(x, w, theta).double(), want, rtol=1e-5, atol=1e-5)
 
@@ -89,14 +98,14 @@ def test_pseudo_rotate_matches_dense_law_of_sines(seed: int, d: int, theta: floa
 @given(SEEDS, DIMS)
 def test_rotating_by_gamma_lands_on_reflection(seed: int, d: int) -> None:
     x, w = _draw(seed, d)
-    x = x + 0.5 * math.sqrt(d) * w / w.norm()
+    x = _tilted(x, w)
     gamma = angle_between(x, reflect(x, w))
     torch.testing.assert_close(pseudo_rotate(x, w, gamma), reflect(x, w), rtol=1e-4, atol=1e-4)
 
 
 def test_theta_per_vector_broadcasts() -> None:
     x, w = _draw(0, 16, n=6)
-    x = x + 2 * w / w.norm()
+    x = _tilted(x, w)
     theta = torch.linspace(0, math.pi, 6)
     out = pseudo_rotate(x, w, theta)
     torch.testing.assert_close(angle_between(x, out), theta, rtol=0, atol=2e-4)
@@ -133,7 +142,7 @@ def test_zero_normal_and_tiny_vectors_are_finite() -> None:
 @given(seed=SEEDS, theta=THETAS)
 def test_half_precision_in_and_out(dtype: torch.dtype, seed: int, theta: float) -> None:
     x, w = _draw(seed, 256, scale=4.0)
-    x = x + 10.0 * w / w.norm()
+    x = _tilted(x, w)
     xh = x.to(dtype)
     for out, ref in ((pseudo_rotate(xh, w, theta), pseudo_rotate(xh.float(), w, theta)),
                      (reflect(xh, w.to(dtype)), reflect(xh.float(), w))):
@@ -159,10 +168,10 @@ def test_high_dim_small_gamma_matches_float64(seed: int, c: float, theta: float)
     """At d=4096 with a small gamma the fp32 law of sines is visibly off; ours matches float64."""
     d = 4096
     x64, w64 = _near_plane_case(seed, d, c)
-    truth = law_of_sines(x64, w64, theta)  # float64 reference
+    truth = law_of_sines(x64, w64, theta, dense=False)  # float64 reference
     scale = float(x64.norm())
     ours = pseudo_rotate(x64.float(), w64.float(), theta).double()
-    naive = law_of_sines(x64.float(), w64.float(), theta, dtype=torch.float32).double()
+    naive = law_of_sines(x64.float(), w64.float(), theta, dtype=torch.float32, dense=False).double()
     err_ours = float((ours - truth).norm()) / scale
     err_naive = float((naive - truth).norm()) / scale
     assert err_ours < 1e-5

@@ -54,8 +54,20 @@ def load_method(name: str, directory: str | None, model: Any, k: int | None) -> 
     return method
 
 
+def _dir_hash(directory: str) -> str | None:
+    """sha256 over the names and bytes of the files in ``directory`` (None if it is not a folder)."""
+    from ..io import file_sha256, stable_hash
+
+    d = Path(directory)
+    if not d.is_dir():
+        return None
+    files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return stable_hash([[str(p.relative_to(d)), file_sha256(p)] for p in files])
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .. import data
+    from ..architectures import weights_digest
     from ..errors import ParameterError
     from ..evaluate import evaluate
     from ..models import load_model
@@ -79,6 +91,9 @@ def _eval(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "seed": args.seed,
         "data_dir": args.data_dir,
+        # contents, not just names: a retrained editor dir or re-saved checkpoint is re-scored
+        "model_weights": weights_digest(model),
+        "editors_sha256": _dir_hash(args.editors) if args.editors else None,
     }
     res = evaluate(
         model, tok, args.dataset, records, out, method=method, engine=args.engine,

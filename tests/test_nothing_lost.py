@@ -1,0 +1,153 @@
+"""Issue 8: nothing lost: atomic writes, a killed run leaves no half-written artifact and the
+rerun resumes, caches keyed by everything that changes their content."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpr import io
+from hpr.capture import capture
+from hpr.editor import EditorSet
+from hpr.records import Record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    io.write_json(path, {"ok": 1})
+
+    class Boom:
+        def __str__(self) -> str:
+            raise RuntimeError("serialisation fails half-way")
+
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(path) as tmp:
+            tmp.write_text('{"half": ')
+            str(Boom())
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def _records(n: int = 12) -> list[Record]:
+    return [Record(f"q{i}", f"Question number {i}?", (f"yes {i}", f"no {i}", "maybe"), (0,), {}, 0, None)
+            for i in range(n)]
+
+
+def test_cache_never_reuses_a_stale_capture(tokenizer: object, tmp_path: Path) -> None:
+    from tests.conftest import tiny_llama
+
+    recs = _records(3)
+    base = dict(dataset="d", split="train", layers=[0, 1], prompt_format="qa", seed=0, chat=False,
+                cache_root=tmp_path, progress=False)
+    m0 = tiny_llama(seed=0, layers=2, hidden=32)
+    ref = capture(m0, tokenizer, recs, **base)  # type: ignore[arg-type]
+    assert capture(m0, tokenizer, recs, **base).meta["key"] == ref.meta["key"]  # type: ignore[arg-type]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    changes = [("layers", [1]), ("prompt_format", "mc-letter"), ("seed", 1), ("split", "val"),
+               ("dataset", "e")]
+    keys = {ref.meta["key"]}
+    for name, value in changes:
+        got = capture(m0, tokenizer, recs, **{**base, name: value})  # type: ignore[arg-type]
+        assert got.meta["key"] not in keys, name
+        keys.add(got.meta["key"])
+    # changed data (one answer edited) and other weights under the same name
+    edited = [*recs[:2], Record("q2", recs[2].prompt, ("yes 2!", "no 2", "maybe"), (0,), {}, 0, None)]
+    keys.add(capture(m0, tokenizer, edited, **base).meta["key"])  # type: ignore[arg-type]
+    m1 = tiny_llama(seed=1, layers=2, hidden=32)
+    other = capture(m1, tokenizer, recs, **base)  # type: ignore[arg-type]
+    assert other.meta["key"] not in keys and len(keys) == len(changes) + 2
+    assert not torch.equal(other.data, ref.data)
+
+
+def _checkpoint_and_data(tmp_path: Path, n: int = 30) -> tuple[Path, Path]:
+    from tests.conftest import byte_tokenizer, tiny_llama
+
+    ckpt = tmp_path / "ckpt"
+    tiny_llama(layers=3, hidden=32).save_pretrained(ckpt)
+    byte_tokenizer().save_pretrained(ckpt)
+    q = tmp_path / "data" / "bigbench" / "truthful_qa" / "questions.json"
+    q.parent.mkdir(parents=True)
+    q.write_text(json.dumps({"examples": [
+        {"Question": f"Is {i} even?", "True answers": [f"{i % 2 == 0}", "yes"], "False answers": [f"{i % 2 == 1}"],
+         "Best answer": f"{i % 2 == 0}"} for i in range(n)]}))
+    return ckpt, q.parents[2]
+
+
+def _hpr(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hpr", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_killed_train_leaves_nothing_half_written_and_rerun_resumes(tmp_path: Path) -> None:
+    ckpt, data_dir = _checkpoint_and_data(tmp_path)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "HPR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "editors"
+    args = ["train", "--model", str(ckpt), "--dataset", "truthfulqa", "--data-dir", str(data_dir),
+            "--out", str(out), "--k", "2", "--prompt-format", "qa"]
+    proc = _hpr([*args, "--epochs", "3000"], env)  # long training: the kill lands mid-run
+    acts = cache / "activations"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(acts.glob("*.safetensors"))) < 2:
+        time.sleep(0.05)
+    time.sleep(0.5)  # now training
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    # no half-written artifact: the editor dir was never written, finished captures are complete
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
+    done = sorted(acts.glob("*.safetensors"))
+    assert len(done) == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in done}
+    from hpr.capture import Captured
+
+    assert all(Captured.load(p).num_tokens > 0 for p in done)
+    # the rerun reuses the finished captures (resume) and completes
+    rerun = _hpr([*args, "--epochs", "1"], env)
+    log = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, log
+    assert {p.name: p.stat().st_mtime_ns for p in acts.glob("*.safetensors")} == stamps
+    assert EditorSet.load(out).selected
+    leftovers = [p.name for p in [*out.iterdir(), *acts.iterdir()] if p.name.endswith(".tmp")]
+    assert leftovers == [] or all(p.startswith(".") for p in leftovers)
+
+
+def test_killed_eval_leaves_no_results_and_rerun_resumes(tmp_path: Path) -> None:
+    import threading
+
+    ckpt, data_dir = _checkpoint_and_data(tmp_path, n=500)
+    env = {**os.environ, "HPR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "eval"
+    args = ["eval", "--model", str(ckpt), "--dataset", "truthfulqa", "--data-dir", str(data_dir),
+            "--out", str(out), "--batch-size", "1"]
+    proc = _hpr(args, env)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and "scoring" not in "".join(seen):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert proc.poll() is None, "".join(seen)  # still scoring when killed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert not (out / "results.json").exists() and not (out / "predictions.jsonl").exists()
+    rerun = _hpr(args, env)
+    log = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, log
+    first = json.loads((out / "results.json").read_text())
+    assert first["metrics"]
+    again = _hpr(args, env)  # a finished run is returned as is
+    again.communicate(timeout=300)
+    assert json.loads((out / "results.json").read_text())["created"] == first["created"]
