@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE ?= cpu
+# Optional data folder (BIG-bench task files and toxigen/prompts). ToxiGen exists only there;
+# ../shared/data is used when it exists, like a user's own copy. Override: make book HPR_DATA_DIR=...
+HPR_DATA_DIR ?= $(if $(wildcard ../shared/data/toxigen),$(abspath ../shared/data),)
+export HPR_DATA_DIR
 
 .PHONY: book test install fetch run html bench lint clean
 

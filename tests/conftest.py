@@ -70,6 +70,8 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Keep test caches out of the user's cache, except the embedded-model cache (slow to redo)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for var in ("HPR_DATA_DIR", "HPR_DATA_SOURCE"):  # tests pass their data explicitly
+        monkeypatch.delenv(var, raising=False)
     if "HPR_MODEL_CACHE" not in os.environ:  # dequantized embedded models: the user's real cache
         real = os.environ.get("HPR_CACHE_DIR") or str(Path.home() / ".cache" / "hpr")
         monkeypatch.setenv("HPR_MODEL_CACHE", str(Path(real) / "models"))
