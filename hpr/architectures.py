@@ -112,7 +112,7 @@ def num_heads(model: nn.Module) -> int:
 
 def fingerprint(model: nn.Module, name: str | None = None) -> dict[str, Any]:
     """What identifies a model for editors and caches: name, architecture, sizes."""
-    cfg = model.config
+    cfg: Any = model.config
     archs = getattr(cfg, "architectures", None) or [type(model).__name__]
     return {
         "name": name or getattr(cfg, "_name_or_path", "") or type(model).__name__,

@@ -12,6 +12,7 @@ once under ``cache_dir()``: the notebooks' tests run on it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -127,7 +128,7 @@ def get_editors(model_name: str, dataset: str = "truthfulqa", data_dir: str | No
     ``<run dir>/hpr`` when present, else trained with ``hpr.train.train_from_model`` and saved."""
     from .editor import EditorSet
 
-    path = run_dir(out_dir, model_name, dataset, seed) / "hpr"
+    path = run_dir(out_dir, model_name, dataset, seed) / ("hpr-" + variant(data_dir, train_cap, **train_kw))
     model, tok = get_model(model_name)
     if (path / "config.json").is_file():
         return EditorSet.load(path, model).top(k)
@@ -141,10 +142,21 @@ def get_editors(model_name: str, dataset: str = "truthfulqa", data_dir: str | No
     return editors.top(k)
 
 
-def method_dir(model_name: str, method: str, dataset: str, seed: int, out_dir: str | Path) -> Path:
+def variant(data_dir: str | Path | None, train_cap: int | None, **params: Any) -> str:
+    """A short hash of everything besides model, dataset and seed that changes an artifact: the data
+    folder (parameter or ``$HPR_DATA_DIR``), the training cap and method options. Artifacts made with
+    other parameters live under another name, so a changed parameter never reuses a stale one."""
+    folder = data_dir if data_dir is not None else os.environ.get("HPR_DATA_DIR") or None
+    where = str(Path(folder).resolve()) if folder else None
+    return io.stable_hash({"data_dir": where, "train_cap": train_cap, **params}, 8)
+
+
+def method_dir(model_name: str, method: str, dataset: str, seed: int, out_dir: str | Path,
+               data_dir: str | Path | None = None, train_cap: int | None = None,
+               options: dict[str, Any] | None = None) -> Path:
     """Where ``method``'s artifact for ``model_name`` lives (ITI variants share ``iti``)."""
     base = "hpr" if method in HPR_METHODS else method.split("-")[0]
-    return run_dir(out_dir, model_name, dataset, seed) / base
+    return run_dir(out_dir, model_name, dataset, seed) / f"{base}-{variant(data_dir, train_cap, **(options or {}))}"
 
 
 def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_dir: str | None = None,
@@ -172,11 +184,11 @@ def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_d
             raise ParameterError(f"bad ITI method {method!r}: write iti-<alpha>, e.g. iti-15") from None
     elif arg:
         raise ParameterError(f"unknown method {method!r}; use base, hpr, hpr-noangle, iti[-alpha], diff or lora")
-    path = method_dir(model_name, method, dataset, seed, out_dir)
+    extra = dict(options or {})
+    if name == "diff":
+        extra.setdefault("layers", list(get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap).selected))
+    path = method_dir(model_name, method, dataset, seed, out_dir, data_dir, train_cap, extra)
     if not (path / "config.json").is_file():
-        extra = dict(options or {})
-        if name == "diff":
-            extra.setdefault("layers", list(get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap).selected))
         fit_method(name, model=model, tokenizer=tok, train=get_records(dataset, "train", data_dir, seed, train_cap),
                    val=get_records(dataset, "val", data_dir, seed, train_cap), out=path, seed=seed,
                    dataset=dataset, **extra)
@@ -185,10 +197,14 @@ def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_d
 
 # ------------------------------------------------------------------ evaluation
 def results_path(model_name: str, method: str, dataset: str, seed: int, out_dir: str | Path,
-                 eval_dataset: str | None = None, limit: int | None = None, tag: str = "") -> Path:
-    """``<run dir>/results/<eval dataset>/<method>[-<tag>][-limit<N>].json``."""
+                 eval_dataset: str | None = None, limit: int | None = None, tag: str = "",
+                 k: int = 5, train_cap: int | None = None, data_dir: str | Path | None = None) -> Path:
+    """``<run dir>/results/<eval dataset>/<method>[-<tag>][-limit<N>]-<variant>.json``; the variant
+    hashes k (for methods that use it), the training cap and the data folder."""
     ev = eval_dataset or dataset
+    uses_k = method in HPR_METHODS or method == "diff"
     name = method + (f"-{tag}" if tag else "") + (f"-limit{limit}" if limit else "")
+    name += "-" + variant(data_dir, train_cap, k=k if uses_k else None)
     return run_dir(out_dir, model_name, dataset, seed) / "results" / ev / f"{name}.json"
 
 
@@ -203,9 +219,9 @@ def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_
     per-example predictions (JSONL) next to it. ``editor`` overrides the method object (e.g. HPR
     with another k; give a distinct ``tag``).
     """
-    path = results_path(model_name, method, dataset, seed, out_dir, eval_dataset, limit, tag)
+    path = results_path(model_name, method, dataset, seed, out_dir, eval_dataset, limit, tag, k, train_cap, data_dir)
     if path.is_file():
-        return dict(json.loads(path.read_text(encoding="utf-8")))
+        return {**json.loads(path.read_text(encoding="utf-8")), "path": str(path)}
     model, tok = get_model(model_name)
     target = eval_dataset or dataset
     records = get_records(target, "test", data_dir, seed, limit)
@@ -220,7 +236,7 @@ def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_
            "metrics": summarize(target, rows), "seconds": round(seconds, 2)}
     io.write_jsonl(path.with_suffix(".jsonl"), list[Any](rows))
     io.write_json(path, res)
-    return res
+    return {**res, "path": str(path)}
 
 
 def score_records(model: nn.Module, tokenizer: Any, dataset: str, records: Sequence[Record],
@@ -234,9 +250,11 @@ def score_records(model: nn.Module, tokenizer: Any, dataset: str, records: Seque
     return [predict(dataset, r, ll) for r, ll in zip(records, lls, strict=True)]
 
 
-def predictions(result_file: Path) -> list[dict[str, Any]]:
-    """The per-example predictions saved next to a results JSON."""
-    path = Path(result_file).with_suffix(".jsonl")
+def predictions(result: Path | str | dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-example predictions saved next to a results JSON (its path, or the dict that
+    ``get_results`` returned)."""
+    where = result["path"] if isinstance(result, dict) else result
+    path = Path(where).with_suffix(".jsonl")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -281,5 +299,5 @@ def write_results_markdown(out_dir: str | Path = "runs/book", dest: str | Path =
 
 
 __all__ = ["HPR_METHODS", "TINY", "collect_results", "get_capture", "get_editors", "get_method", "get_model", "get_records",
-           "get_results", "method_dir", "predictions", "results_markdown", "results_path", "run_dir", "slug",
+           "get_results", "method_dir", "variant", "predictions", "results_markdown", "results_path", "run_dir", "slug",
            "write_results_markdown"]
