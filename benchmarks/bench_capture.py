@@ -93,7 +93,16 @@ def run(questions: int = 8, repeats: int = 3, batch_size: int = 16, data_dir: st
         with torch.no_grad():
             run_capture(model, tok, subset, batch_size=batch_size, progress=False)
 
-    t = alternate({"plain": plain, "capture": cap}, repeats)
+    fns = {"plain": plain, "capture": cap}
+    import inspect
+
+    if "share_prompt" in inspect.signature(run_capture).parameters:
+        def cap_full() -> None:  # the same batches as `plain`, plus the capture hooks and copies
+            with torch.no_grad():
+                run_capture(model, tok, subset, batch_size=batch_size, progress=False, share_prompt=False)
+
+        fns["capture_full_batches"] = cap_full
+    t = alternate(fns, repeats)
     tps = {k: tokens / median(v) for k, v in t.items()}
     result["throughput"] = {
         "questions": len(subset),
@@ -104,6 +113,8 @@ def run(questions: int = 8, repeats: int = 3, batch_size: int = 16, data_dir: st
         "median_s": {k: median(v) for k, v in t.items()},
         "tokens_per_s": tps,
         "capture_over_plain": tps["capture"] / tps["plain"],
+        "capture_full_batches_over_plain": (tps["capture_full_batches"] / tps["plain"]
+                                            if "capture_full_batches" in tps else None),
     }
     return result
 
