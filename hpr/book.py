@@ -198,17 +198,20 @@ def build_book(root: str | Path = ".", strict: bool = True, cache: Path | None =
     """Generate the results table, vendor the JS assets and run ``jupyter-book build root -W``.
 
     The results chapter includes ``book/_generated/results.md``, written here from the results
-    files under ``runs_dir`` (relative to ``root``) by ``hpr.study.write_results_markdown``.
+    files under ``runs_dir`` (relative to ``root``) by ``hpr.study.write_results_markdown``; without
+    results files (a fresh clone) the committed table of the last run is kept.
 
     Raises ``BookError`` when the build fails or a page still loads something remotely.
     """
     base = Path(root).resolve()
     if not (base / "_config.yml").is_file() or not (base / "_toc.yml").is_file():
         raise BookError(f"{base} has no _config.yml/_toc.yml; run `hpr book` from the repository root")
-    from .study import write_results_markdown
+    from .study import collect_results, write_results_markdown
 
     runs = Path(runs_dir) if Path(runs_dir).is_absolute() else base / runs_dir
-    write_results_markdown(runs, base / "book" / "_generated" / "results.md")
+    table = base / "book" / "_generated" / "results.md"
+    if collect_results(runs) or not table.is_file():  # keep the committed table when there is no run here
+        write_results_markdown(runs, table)
     vendor_assets(base / VENDOR_DIR, cache)
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(base)]
