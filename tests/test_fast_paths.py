@@ -52,7 +52,9 @@ def test_fused_equals_plain_random(d: int, n: int, seed: int, scale: float, angl
     theta = torch.rand(n, 3, generator=g) * math.pi if angle else None
     neg = torch.rand(n, 3, generator=g) < 0.6
     got = fused_edit(x, w, theta, neg)
-    close(got, plain_edit(x, w, theta, neg), x)
+    # Both forms lose about eps / sin(angle(x, w)) when x is nearly parallel to w (seen: 2.2e-5
+    # relative at d=2, angle(x, Hx) = 3.138), so the per-vector tolerance here is 1e-4.
+    close(got, plain_edit(x, w, theta, neg), x, rtol=1e-4)
     assert torch.equal(got[~neg], x[~neg])
     assert got.dtype == x.dtype and got.shape == x.shape
 
