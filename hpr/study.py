@@ -274,7 +274,7 @@ def results_markdown(out_dir: str | Path = "runs/book", methods: Sequence[str] |
     """The results summary table (paper claims next to our measurements) as Markdown."""
     from .paper import paper_value
 
-    rows = [r for r in collect_results(out_dir) if not r.get("tag") and not r.get("limit")]
+    rows = [r for r in collect_results(out_dir) if not r.get("tag")]
     if methods:
         rows = [r for r in rows if r["method"] in methods]
     if not rows:
@@ -287,7 +287,8 @@ def results_markdown(out_dir: str | Path = "runs/book", methods: Sequence[str] |
                 continue
             ours = f"{100 * val['value']:.1f} ± {100 * val.get('stderr', 0.0):.1f}"
             paper = paper_value(r["dataset"], r["method"], metric)
-            lines.append(f"| {r['model']} | {r['dataset']} (n={r['n']}) | {r['method']} | {metric} | {ours} | "
+            capped = f", first {r['limit']} test examples" if r.get("limit") else ""
+            lines.append(f"| {r['model']} | {r['dataset']} (n={r['n']}{capped}) | {r['method']} | {metric} | {ours} | "
                          f"{paper} |")
     return "\n".join(lines) + "\n"
 
