@@ -9,7 +9,7 @@ its own position (cached positions are not recomputed, so they are never edited 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -66,10 +66,11 @@ def _input_hook(edit: EditFn) -> Callable[..., Any]:
 
 
 @contextmanager
-def _hooked(handles: list[RemovableHandle]) -> Iterator[None]:
+def _hooked(register: Iterable[Callable[[], RemovableHandle]]) -> Iterator[None]:
+    """Call each registration, then remove every handle on exit (also when one of them fails)."""
     with ExitStack() as stack:
-        for handle in handles:
-            stack.callback(handle.remove)
+        for reg in register:
+            stack.callback(reg().remove)
         yield
 
 
@@ -81,16 +82,11 @@ def edit_block_outputs(model: nn.Module, edits: Mapping[int, EditFn]) -> Iterato
     """
     _check_layers(model, edits)
     blocks = decoder_layers(model)
-    handles: list[RemovableHandle] = []
-    try:
-        for layer, edit in edits.items():
-            block = blocks[int(layer)]
-            handles.append(block.register_forward_hook(_output_hook(_place(edit, block))))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    with _hooked(handles):
+
+    def register(block: nn.Module, edit: EditFn) -> Callable[[], RemovableHandle]:
+        return lambda: block.register_forward_hook(_output_hook(_place(edit, block)))
+
+    with _hooked([register(blocks[int(layer)], edit) for layer, edit in edits.items()]):
         yield model
 
 
@@ -101,14 +97,9 @@ def edit_attention_heads(model: nn.Module, edits: Mapping[int, EditFn]) -> Itera
     That input has shape ``(batch, seq, num_heads * head_dim)``: the heads' outputs side by side.
     """
     _check_layers(model, edits)
-    handles: list[RemovableHandle] = []
-    try:
-        for layer, edit in edits.items():
-            proj = attn_out_proj(model, int(layer))
-            handles.append(proj.register_forward_pre_hook(_input_hook(_place(edit, proj))))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    with _hooked(handles):
+
+    def register(proj: nn.Module, edit: EditFn) -> Callable[[], RemovableHandle]:
+        return lambda: proj.register_forward_pre_hook(_input_hook(_place(edit, proj)))
+
+    with _hooked([register(attn_out_proj(model, int(layer)), edit) for layer, edit in edits.items()]):
         yield model

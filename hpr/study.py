@@ -47,26 +47,13 @@ def run_dir(out_dir: str | Path, model: str, dataset: str, seed: int) -> Path:
 # ------------------------------------------------------------------ models
 def _tiny_dir() -> Path:
     """Save the tiny random Llama and its byte tokenizer once; return the folder."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from .tiny import byte_tokenizer, tiny_llama
 
     path = io.cache_dir() / "models" / "tiny-random-llama-v1"
     if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
         return path
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    for special in ("<bos>", "<eos>", "<pad>"):
-        vocab[special] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    tok = byte_tokenizer()
+    model = tiny_llama(seed=0, max_positions=2048)
     tmp = path.with_name(path.name + ".partial")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
