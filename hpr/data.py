@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bigbench import fetch_bigbench
 from .errors import DataError
 from .records import Record
 from .sources import (
@@ -43,7 +44,6 @@ from .sources import (
     bigbench_dir,
     confined,
     data_root,
-    fetch_bigbench,
     mc_targets_item,
     parse_bigbench_task,
     parse_mc_task,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpr import data, sources
+from hpr import bigbench, data, sources
 from hpr.errors import DataError
 from hpr.records import Record
 
@@ -297,21 +297,21 @@ def test_fetch_bigbench_verifies_and_extracts_safely(tmp_path: Path, monkeypatch
                          pre + "../../../evil.json": b"x",
                          "evil/truthful_qa/questions.json": b"x"},
                    symlink=pre + "truthful_qa/questions.json")
-    monkeypatch.setattr(sources, "_sdist_url", lambda: tar.as_uri())
+    monkeypatch.setattr(bigbench, "_sdist_url", lambda: tar.as_uri())
     with pytest.raises(DataError, match="sha256 .* != expected 1bb398a5.*rerun `hpr fetch`"):
-        sources.fetch_bigbench()
-    monkeypatch.setattr(sources, "BIGBENCH_SHA256", sha)
-    bb = sources.fetch_bigbench()
+        bigbench.fetch_bigbench()
+    monkeypatch.setattr(bigbench, "BIGBENCH_SHA256", sha)
+    bb = bigbench.fetch_bigbench()
     files = sorted(str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert files == ["data/bigbench-1.0.0/.hpr_complete.json",
                      "data/bigbench-1.0.0/bigbench/simple_ethical_questions/task.json"]
-    assert len(data.load_dataset("seq").records) == 5 and bb == sources.bigbench_cache() / "bigbench"
+    assert len(data.load_dataset("seq").records) == 5 and bb == bigbench.bigbench_cache() / "bigbench"
     tar.unlink()
-    assert sources.fetch_bigbench() == bb  # cached: no download
+    assert bigbench.fetch_bigbench() == bb  # cached: no download
 
 
 def test_fetch_bigbench_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(sources, "_sdist_url", lambda: (tmp_path / "missing.tar.gz").as_uri())
+    monkeypatch.setattr(bigbench, "_sdist_url", lambda: (tmp_path / "missing.tar.gz").as_uri())
     with pytest.raises(DataError, match="cannot download bigbench==1.0.0 .*--data-dir / HPR_DATA_DIR"):
-        sources.fetch_bigbench()
+        bigbench.fetch_bigbench()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import hpr
-from hpr import data, models, sources
+from hpr import bigbench, data, models, sources
 from hpr.errors import DataError, HPRError
 
 PKG = Path(hpr.__file__).resolve().parent
@@ -201,6 +201,6 @@ def test_bigbench_tarball_cannot_write_outside(tmp_path: Path) -> None:
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
     dest = tmp_path / "x" / "cache"
-    assert sources.extract_bigbench(tarball, dest) == 1
+    assert bigbench.extract_bigbench(tarball, dest) == 1
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink())
     assert written == ["bb.tar.gz", "x/cache/bigbench/truthful_qa/questions.json"]

@@ -60,8 +60,9 @@ def fetch(args: argparse.Namespace) -> int:
               f"cached at {where}", flush=True)
         del model
     if not args.no_data:
+        from ..bigbench import fetch_bigbench
         from ..data import resolve_data_dir
-        from ..sources import bigbench_dir, fetch_bigbench
+        from ..sources import bigbench_dir
 
         root = resolve_data_dir(args.data_dir)
         bb = bigbench_dir(root) if root is not None else fetch_bigbench(lambda s: print(f"  {s}", flush=True))
