@@ -182,6 +182,8 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     def ctx(kind: str) -> Any:
         if kind == "hpr":
             return es.apply(model)
+        if kind == "hpr_compiled":
+            return es.apply(model, compiled=True)
         if kind == "reference":
             return edit_block_outputs(model, {i: ReferenceCall(ref_eds[i]) for i in es.selected})
         return contextlib.nullcontext()
@@ -192,16 +194,22 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
                 return model(ids, use_cache=False)
         return f
 
-    kinds = ("plain", "hpr", "reference")
+    kinds = ("plain", "hpr", "hpr_compiled", "reference")
+    t_compile = time.perf_counter()
+    with es.apply(model, compiled=True), torch.no_grad():  # compile outside the timings
+        model(ids, use_cache=False)
+    compile_s = time.perf_counter() - t_compile
     result: dict[str, Any] = {
         "benchmark": "edit_overhead_gpu",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
         "tiny": tiny,
         "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
         "dtype": str(dtype),
         "config": TINY if tiny else LLAMA3_8B,
         "edited_layers": es.selected,
         "k": k,
+        "compile_s_prefill_shape": compile_s,
     }
     result["prefill"] = {"shape": [batch, seq], "repeats": repeats,
                          **summary(alternate({n: prefill(n) for n in kinds}, repeats, device))}
@@ -209,17 +217,25 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     dids = torch.randint(0, vocab, (dbatch, seq), generator=g).to(device)
     with torch.no_grad():
         out = model(dids, use_cache=True)
-    cache = out["cache"] if "cache" in out else out.past_key_values
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
     nxt = torch.randint(0, vocab, (dbatch, 1), generator=g).to(device)
+
+    import inspect
+
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def decode(kind: str) -> Callable[[], Any]:
         def f() -> Any:
             with ctx(kind), torch.no_grad():
-                o = model(nxt, cache=cache, use_cache=True)
+                o = model(nxt, **{cache_kw: cache}, use_cache=True)
             cache.crop(-1)
             return o
         return f
 
+    t_compile = time.perf_counter()
+    decode("hpr_compiled")()  # compile the decode shape outside the timings
+    sync(device)
+    result["compile_s_decode_shape"] = time.perf_counter() - t_compile
     result["decode"] = {"batch": dbatch, "cache_tokens": seq, "repeats": repeats * 3,
                         **summary(alternate({n: decode(n) for n in kinds}, repeats * 3, device))}
 
@@ -232,13 +248,19 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     ours_e, ref_e = es.editors[layer], ref_eds[layer]
     with torch.no_grad():
         t = alternate({"block": lambda: block(*args, **kwargs), "hpr": lambda: ours_e.edit(x),
+                       "hpr_compiled": lambda: ours_e.edit(x, compiled=True),
                        "reference": lambda: reference_edit(ref_e, x)}, repeats, device)
     b = med(t["block"])
+    rows = ("hpr", "hpr_compiled", "reference")
     result["per_layer_prefill"] = {"shape": list(x.shape), "decoder_block_median_s": b,
-                                   "edit_median_s": {n: med(t[n]) for n in ("hpr", "reference")},
-                                   "edit_over_block": {n: med(t[n]) / b for n in ("hpr", "reference")}}
+                                   "edit_median_s": {n: med(t[n]) for n in rows},
+                                   "edit_over_block": {n: med(t[n]) / b for n in rows}}
     with torch.no_grad():
         _, _, xd = block_inputs(model, layer, dids[:, :1])
+    with torch.no_grad():
+        t = alternate({"hpr": lambda: ours_e.edit(xd), "hpr_compiled": lambda: ours_e.edit(xd, compiled=True),
+                       "reference": lambda: reference_edit(ref_e, xd)}, repeats * 3, device)
+    result["per_layer_decode_edit_median_s"] = {n: med(v) for n, v in t.items()}
     result["decode_cuda_graph"] = cuda_graph_check(ours_e, xd)
     # agreement of our path and the reference on this model's activations (bf16 output)
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,13 +14,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from . import io
 from .architectures import fingerprint as model_fingerprint
 from .architectures import same_model
 from .errors import EditorError
 from .intervene import edit_block_outputs
-from .kernels import fused_edit
+from .kernels import edit_negatives
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,6 +61,8 @@ class HPR(nn.Module):
         self.use_angle = use_angle
         self.probe = nn.Linear(hidden_size, 1, bias=False)
         self.angle = mlp(angle_widths(hidden_size, angle_layers))
+        self._cache: tuple[Any, ...] | None = None
+        self._cache_key: tuple[Any, ...] | None = None
 
     @property
     def normal(self) -> Tensor:
@@ -76,19 +80,92 @@ class HPR(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.sigmoid(self.logits(x)), self.theta(x)
 
-    def edit(self, x: Tensor) -> Tensor:
+    def unit_normal(self) -> Tensor:
+        """``w / |w|`` in float32 (d,), cached until the probe weight changes (in place or moved)."""
+        return self._cached()[0]
+
+    def _cached(self) -> tuple[Any, ...]:
+        """Arguments of ``edit_rows`` after ``x``: the unit normal, the angle network's first layer
+        with ``w^`` stacked on top when that layer is float32 (``x @ W.T + b`` then gives ``x . w^``
+        and the first hidden layer in one product), the other layers' weights and biases.
+        Rebuilt when a parameter changes (in place, replaced, moved or cast)."""
+        params = [self.probe.weight, *self.angle.parameters()]
+        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in params)
+        if self._cache is None or self._cache_key != key:
+            w = self.normal.detach().float()
+            wh = w / w.norm().clamp_min(torch.finfo(torch.float32).tiny)
+            lin = [m for m in self.angle if isinstance(m, nn.Linear)]
+            ws = [m.weight.detach() for m in lin]
+            bs = [m.bias.detach() for m in lin]
+            stacked = ws[0].dtype == torch.float32
+            if stacked:
+                ws[0], bs[0] = torch.cat([wh[None], ws[0]]), torch.cat([wh.new_zeros(1), bs[0]])
+            self._cache = (wh, ws, bs, stacked)
+            self._cache_key = key
+        return self._cache
+
+    def edit(self, x: Tensor, compiled: bool = False) -> Tensor:
         """Edited activations, same shape and dtype as ``x``; positives are returned unchanged.
 
         Equals ``where(p < 0.5, pseudo_rotate(x, w, theta) or reflect(x, w), x)``, computed by
-        ``hpr.kernels.fused_edit`` (a few sweeps over ``x``; geometry in float32, the angle
-        network in its own dtype).
+        ``edit_rows`` (geometry in float32, the angle network in its own dtype, about 25 tensor
+        operations: at decode each edit sees a few rows, and per-operation costs dominate).
+        ``compiled=True`` runs it through ``torch.compile`` (same results; eager if that fails).
         """
-        w = self.normal.detach()
-        negative = self.logits(x) < 0
-        return fused_edit(x, w, self.theta(x).detach() if self.use_angle else None, negative)
+        d = x.shape[-1]
+        rows = x.reshape(-1, d)
+        wh, ws, bs, stacked = self._cached()
+        with torch.no_grad():
+            if not self.use_angle:
+                xf = rows.float()
+                out = edit_negatives(xf, wh, torch.mv(xf, wh), None)
+            else:
+                fn = compiled_edit_rows() if compiled else edit_rows
+                out = fn(rows, wh, ws, bs, stacked)
+        return out.reshape(x.shape).to(x.dtype)
 
     def __call__(self, x: Tensor) -> Any:  # typed for mypy; nn.Module dispatches to forward
         return super().__call__(x)
+
+
+def edit_rows(rows: Tensor, wh: Tensor, ws: list[Tensor], bs: list[Tensor], stacked: bool) -> Tensor:
+    """The HPR edit of rows (n, d) in float32: ``x . w^``, the angle MLP (Linear, GELU, ...,
+    Linear; weights ``ws``, biases ``bs``; ``stacked``: ``ws[0]`` has ``w^`` as its first row),
+    ``theta = pi sigmoid(.)`` in radians, then ``hpr.kernels.edit_negatives``."""
+    xf = rows.float()
+    if stacked:
+        z = F.linear(xf, ws[0], bs[0])
+        dot, h = z[:, 0], z[:, 1:]
+    else:
+        dot, h = torch.mv(xf, wh), F.linear(rows.to(ws[0].dtype), ws[0], bs[0])
+    for w, b in zip(ws[1:], bs[1:], strict=True):
+        h = F.linear(F.gelu(h), w, b)
+    theta = torch.sigmoid(h.squeeze(-1).float()) * math.pi
+    return edit_negatives(xf, wh, dot, theta)
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def compiled_edit_rows() -> Any:
+    """``edit_rows`` through ``torch.compile`` (one graph per shape and dtype, shared by all
+    editors), falling back to eager ``edit_rows`` with a warning if compilation fails."""
+    if "fn" not in _COMPILED:
+        compiled = torch.compile(edit_rows, dynamic=False)
+
+        def run(*args: Any) -> Tensor:
+            if _COMPILED.get("failed"):
+                return edit_rows(*args)
+            try:
+                return compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: stay correct, go eager
+                warnings.warn(f"torch.compile of the HPR edit failed ({type(exc).__name__}: {exc}); "
+                              "using the eager path", RuntimeWarning, stacklevel=2)
+                _COMPILED["failed"] = True
+                return edit_rows(*args)
+
+        _COMPILED["fn"] = run
+    return _COMPILED["fn"]
 
 
 class EditorSet:
@@ -155,11 +232,16 @@ class EditorSet:
             )
 
     @contextmanager
-    def apply(self, model: nn.Module, check: bool = True) -> Iterator[nn.Module]:
-        """Edit the selected layers of ``model`` inside the block; hooks removed on exit."""
+    def apply(self, model: nn.Module, check: bool = True, compiled: bool = False) -> Iterator[nn.Module]:
+        """Edit the selected layers of ``model`` inside the block; hooks removed on exit.
+
+        ``compiled=True`` fuses each edit with ``torch.compile`` (worth it for long ``generate()``
+        runs on a GPU, where the eager edit's kernel launches cost more than its arithmetic; the
+        first call per shape compiles for seconds to a minute). Results are the same.
+        """
         if check:
             self.check_model(model)
-        edits = {i: _EditCall(self.editors[i]) for i in self.selected}
+        edits = {i: _EditCall(self.editors[i], compiled) for i in self.selected}
         with torch.no_grad(), edit_block_outputs(model, edits):
             yield model
 
@@ -220,13 +302,14 @@ class EditorSet:
 class _EditCall:
     """A picklable callable ``x -> editor.edit(x)`` that the hooks can move to a device."""
 
-    def __init__(self, editor: HPR) -> None:
+    def __init__(self, editor: HPR, compiled: bool = False) -> None:
         self.editor = editor
+        self.compiled = compiled
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.editor.normal.device != x.device:
+        if self.editor.probe.weight.device != x.device:
             self.editor.to(x.device)
-        return self.editor.edit(x)
+        return self.editor.edit(x, self.compiled)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

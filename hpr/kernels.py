@@ -85,7 +85,8 @@ def pseudo_rotate(x: Tensor, w: Tensor, theta: Tensor | float) -> Tensor:
     c, r, v, s = rotation_geometry(xf, wh)
     defined = (2.0 * c.abs() * s) > PLANE_TOL
     # Unit vector in the plane, orthogonal to x, on the side of Hx: -sign(c) v / s.
-    scale = torch.where(defined, -torch.sign(c) * torch.sin(th) * r / s.clamp_min(PLANE_TOL), 0.0)
+    # Where defined, s > PLANE_TOL / 2 (as |c| <= 1), so the clamp only guards the other branch.
+    scale = torch.where(defined, -torch.sign(c) * torch.sin(th) * r / s.clamp_min(PLANE_TOL / 2), 0.0)
     rotated = torch.cos(th).unsqueeze(-1) * xf + scale.unsqueeze(-1) * v
     reflected = xf - 2.0 * (xf @ wh).unsqueeze(-1) * wh
     out = torch.where(defined.unsqueeze(-1), rotated, reflected)
@@ -122,7 +123,7 @@ def fused_edit(x: Tensor, w: Tensor, theta: Tensor | float | None, negative: Ten
         c = dot / r.clamp_min(tiny)
         s = buf.norm(dim=-1) / r.clamp_min(tiny)  # |w^ - c x^| = sin(angle(x, w))
         defined = (2.0 * c.abs() * s) > PLANE_TOL
-        s_safe = s.clamp_min(PLANE_TOL)
+        s_safe = s.clamp_min(PLANE_TOL / 2)  # equals s wherever ``defined`` (|c| <= 1)
         sin_t = torch.sin(th)
         alpha = torch.where(defined, torch.cos(th) + c.abs() * sin_t / s_safe, 1.0)
         beta = torch.where(defined, -torch.sign(c) * sin_t * r / s_safe, -2.0 * dot)
@@ -133,4 +134,39 @@ def fused_edit(x: Tensor, w: Tensor, theta: Tensor | float | None, negative: Ten
     return out.reshape(shape).to(x.dtype)
 
 
-__all__ = ["PLANE_TOL", "angle_between", "fused_edit", "pseudo_rotate", "reflect", "rotation_geometry"]
+def edit_negatives(x: Tensor, wh: Tensor, dot: Tensor, theta: Tensor | None) -> Tensor:
+    """The HPR edit of float32 rows ``x`` (n, d), in the fewest tensor operations (decode path).
+
+    ``wh`` is the unit normal (d,) and ``dot = x @ wh`` (n,). Rows with ``dot < 0`` (the probe's
+    negatives) are rotated by ``theta`` (n,) radians towards their reflection, or reflected when
+    ``theta`` is None; the other rows come back bitwise. Equals
+    ``fused_edit(x, wh, theta, dot < 0)`` to float32 rounding (``tests/test_fast_paths.py``). With
+    ``b = |x - dot wh| = |x| sin(angle(x, w))`` and ``dot < 0`` the rotation is
+    ``(cos t - dot sin t / b) x + (|x|^2 sin t / b) wh``. Per-token overhead matters at decode, where
+    each operation costs more than its arithmetic, so this is about 20 operations on (n,) scalars
+    and two sweeps over ``x``; no data-dependent branching.
+    """
+    neg = dot < 0
+    if theta is None:
+        return torch.addr(x, torch.where(neg, dot * -2.0, 0.0), wh)
+    buf = torch.addr(x, dot, wh, alpha=-1.0)  # x minus its component along wh
+    r2 = torch.linalg.vecdot(x, x)
+    b = torch.linalg.vector_norm(buf, dim=-1)
+    # The plane is defined where sin(angle(x, Hx)) = 2 |dot| b / |x|^2 > PLANE_TOL.
+    edit = neg & ((dot * b) < r2 * (-0.5 * PLANE_TOL))
+    q = torch.sin(theta) / b  # inf/nan only where not `edit`, and torch.where drops them
+    alpha = torch.where(edit, torch.addcmul(torch.cos(theta), dot, q, value=-1.0), 1.0)
+    beta = torch.where(edit, q * r2, torch.where(neg, dot * -2.0, 0.0))
+    out = torch.mul(x, alpha.unsqueeze(-1), out=buf)
+    return out.addr_(beta, wh)
+
+
+__all__ = [
+    "PLANE_TOL",
+    "angle_between",
+    "edit_negatives",
+    "fused_edit",
+    "pseudo_rotate",
+    "reflect",
+    "rotation_geometry",
+]

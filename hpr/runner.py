@@ -57,6 +57,10 @@ _COMMON_CPU: dict[str, Any] = {
     "caps": {"bbq": 300, "seq": None, "toxigen": None, "truthfulqa": None},
     "max_k": 10,
     "n_generate": 3,
+    # Sized for `make book` in under 30 minutes on two cores: Figure 6 at five k values, Table 2
+    # (HPR editors trained on TruthfulQA, scored on BBQ/SEQ/ToxiGen) on SmolLM2 only.
+    "fig6_ks": [1, 2, 3, 5, 8],
+    "table2_models": ["smollm2-135m-instruct"],
 }
 
 #: Named parameter sets. ``cpu`` must finish ``make book`` in 30 minutes on two cores.
@@ -71,6 +75,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": None},
         "max_k": 32,
         "n_generate": 5,
+        "fig6_ks": None,
+        "table2_models": None,
     },
 }
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hpr import EditorSet
 from hpr.architectures import fingerprint
 from hpr.editor import HPR
-from hpr.kernels import PLANE_TOL, fused_edit, pseudo_rotate, reflect
+from hpr.kernels import PLANE_TOL, edit_negatives, fused_edit, pseudo_rotate, reflect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from reference import householder_matrix, reference_edit  # noqa: E402
@@ -179,3 +179,69 @@ def test_editor_set_fast_path_in_model(tiny_model, tokenizer) -> None:
 
 def test_plane_tolerance_shared() -> None:
     assert PLANE_TOL == pytest.approx(1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    d=st.sampled_from([2, 3, 8, 64, 576]),
+    n=st.integers(1, 12),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1e-3, 1.0, 50.0]),
+    angle=st.booleans(),
+)
+def test_edit_negatives_equals_fused(d: int, n: int, seed: int, scale: float, angle: bool) -> None:
+    """The decode path (negatives from the sign of x . w^) equals the general fused edit."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * scale
+    w = torch.randn(d, generator=g)
+    wh = w / w.norm()
+    dot = x @ wh
+    theta = torch.rand(n, generator=g) * math.pi if angle else None
+    got = edit_negatives(x, wh, dot, theta)
+    want = fused_edit(x, w, theta, dot < 0)
+    close(got, want, x, rtol=1e-4)
+    assert torch.equal(got[dot >= 0], x[dot >= 0])
+
+
+def test_edit_negatives_degenerate_inputs() -> None:
+    d = 16
+    w = torch.zeros(d)
+    w[3] = 2.0
+    wh = w / 2.0
+    on_plane = torch.randn(d)
+    on_plane[3] = 0.0
+    anti = torch.zeros(d)
+    anti[3] = -5.0
+    nearly = anti.clone()
+    nearly[0] = 1e-9
+    x = torch.stack([torch.zeros(d), on_plane, anti, 3.0 * anti, nearly, torch.full((d,), -1e-20)])
+    dot = x @ wh
+    for theta in (torch.full((len(x),), 1.0), None):
+        got = edit_negatives(x, wh, dot, theta)
+        assert torch.isfinite(got).all()
+        close(got, fused_edit(x, w, theta, dot < 0), x, rtol=1e-6)
+    got = edit_negatives(x, wh, dot, torch.full((len(x),), 1.0))
+    assert torch.equal(got[:2], x[:2])  # zero and on-plane vectors are not negatives
+    close(got[2:5], -x[2:5], x[2:5], rtol=1e-6)  # anti-parallel: undefined plane, reflected
+
+
+def test_edit_cache_follows_weight_changes() -> None:
+    torch.manual_seed(8)
+    e = HPR(32, angle_layers=2)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        before = e.edit(x)
+        e.probe.weight.mul_(-1.0)  # in place: flips which vectors are negatives
+        after = e.edit(x)
+        want = plain_edit(x, e.normal, e.theta(x), e.logits(x) < 0)
+    close(after, want, x)
+    assert not torch.allclose(before, after)
+    e.probe.weight = torch.nn.Parameter(torch.randn(1, 32))  # replaced
+    with torch.no_grad():
+        close(e.edit(x), plain_edit(x, e.normal, e.theta(x), e.logits(x) < 0), x)
+        e.angle[0].weight.mul_(3.0)  # the first angle layer is cached stacked with w^
+        e.angle[0].bias.add_(0.5)
+        close(e.edit(x), plain_edit(x, e.normal, e.theta(x), e.logits(x) < 0), x)
+    e.angle.to(torch.bfloat16)  # angle network in another dtype: the unstacked path
+    with torch.no_grad():
+        close(e.edit(x), plain_edit(x, e.normal, e.theta(x), e.logits(x) < 0), x, rtol=1e-2)
