@@ -245,3 +245,38 @@ def test_edit_cache_follows_weight_changes() -> None:
     e.angle.to(torch.bfloat16)  # angle network in another dtype: the unstacked path
     with torch.no_grad():
         close(e.edit(x), plain_edit(x, e.normal, e.theta(x), e.logits(x) < 0), x, rtol=1e-2)
+
+
+def test_compiled_path_falls_back_to_eager(monkeypatch) -> None:
+    """A compiler failure warns once and gives the eager result."""
+    import hpr.editor as editor_mod
+
+    def broken(fn, **_kw):
+        def run(*_a):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(editor_mod, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(9)
+    e = HPR(24, angle_layers=2)
+    x = torch.randn(2, 5, 24)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="eager"):
+        got = e.edit(x, compiled=True)
+    with torch.no_grad():
+        assert torch.equal(got, e.edit(x))
+        assert torch.equal(e.edit(x, compiled=True), e.edit(x))  # no second warning needed
+
+
+@pytest.mark.slow
+def test_compiled_path_equals_eager(tiny_model, tokenizer) -> None:
+    """``EditorSet.apply(model, compiled=True)`` (torch.compile) gives the eager logits."""
+    ids = tokenizer(["hello world", "the cat sat"], return_tensors="pt", padding=True)
+    torch.manual_seed(6)
+    es = EditorSet({i: HPR(64) for i in range(4)}, fingerprint(tiny_model), selected=[0, 2])
+    with torch.no_grad():
+        with es.apply(tiny_model):
+            eager = tiny_model(**ids).logits
+        with es.apply(tiny_model, compiled=True):
+            compiled = tiny_model(**ids).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -106,3 +106,32 @@ def test_bad_input(tiny_model, tokenizer) -> None:
     with pytest.raises(ParameterError):
         score(tiny_model, tokenizer, _requests(1), batch_size=0, progress=False)
     assert score(tiny_model, tokenizer, [], progress=False) == []
+
+
+def _tiny_gemma3(sliding_window: int) -> torch.nn.Module:
+    """A tiny random Gemma-3 text model: sliding-window and global layers, like Gemma-3-270M."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           sliding_window=sliding_window, max_position_embeddings=1024,
+                           layer_types=["sliding_attention", "sliding_attention", "sliding_attention",
+                                        "full_attention"])
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("window", [512, 16])
+def test_native_equals_full_on_sliding_window_model(tokenizer, window: int) -> None:
+    """Gemma-3-like layers: prefix sharing when every sequence fits the window (512), the exact
+    full-sequence fallback when one does not (16); both equal full scoring, edited too."""
+    from hpr.scoring import _sliding_window
+
+    model = _tiny_gemma3(window)
+    assert _sliding_window(model) == window
+    reqs = _requests(4)
+    eds = _editors(model, (0, 3))
+    for method in (None, eds):
+        native = score(model, tokenizer, reqs, method=method, batch_size=2, progress=False)
+        full = score_full(model, tokenizer, reqs, method=method)
+        assert _maxdiff(native, full) < 1e-4
