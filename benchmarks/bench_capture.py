@@ -13,12 +13,14 @@ two sequences per pair. Prints JSON.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from typing import Any
 
 from common import alternate, bench_model, emit, median, setup_threads
 
-DATA_DIR = "/work/shared/data"
+#: The BIG-bench files of ``$HPR_DATA_DIR`` if set, else the bundled copy (``hpr fetch``).
+DATA_DIR = os.environ.get("HPR_DATA_DIR") or None
 
 
 def load_train(data_dir: str | None) -> list[Any]:

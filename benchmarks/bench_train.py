@@ -20,7 +20,8 @@ from common import emit, setup_threads
 
 
 def cached_capture(model: str = "smollm2-135m-instruct") -> Path | None:
-    """The newest cached TruthfulQA train capture of ``model`` (by its metadata), if any."""
+    """The cached TruthfulQA train capture of ``model`` (by its metadata) with the most layers
+    (newest first among those), if any: the benchmark times training every layer."""
     import json
 
     from safetensors import safe_open
@@ -29,15 +30,17 @@ def cached_capture(model: str = "smollm2-135m-instruct") -> Path | None:
 
     found = sorted((io.cache_dir() / "activations").glob("truthfulqa-train-*.safetensors"),
                    key=lambda p: p.stat().st_mtime)
+    best: tuple[int, Path] | None = None
     for path in reversed(found):
         try:
             with safe_open(str(path), "pt") as fh:
                 meta = json.loads((fh.metadata() or {}).get("hpr", "{}"))
+                layers = len(meta.get("layers") or []) or int(fh.get_slice(next(iter(fh.keys()))).get_shape()[0])
         except Exception:  # noqa: BLE001 - an unreadable cache entry is skipped
             continue
-        if meta.get("model", {}).get("name") == model:
-            return path
-    return None
+        if meta.get("model", {}).get("name") == model and (best is None or layers > best[0]):
+            best = (layers, path)
+    return best[1] if best else None
 
 
 def synthetic_capture(questions: int = 120, layers: int = 30, d: int = 576, answer_tokens: int = 12,

@@ -5,7 +5,7 @@ and prints JSON, which is collected under its name; a benchmark that fails is re
 ``{"error": ...}`` and the others still run. ``end_to_end`` reads ``book_time.json`` (written by
 whoever times ``make book``) if present, else null. ``make bench`` runs this.
 
-    python benchmarks/run_all.py [--quick] [--skip scoring train ...] [--out FILE]
+    python benchmarks/run_all.py [--quick] [--skip scoring train ...] [--update] [--out FILE]
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def main() -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=sorted(BENCHMARKS))
     ap.add_argument("--out", default=None, help="default: benchmarks/results/cpu.json (quick: cpu-quick.json)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the results of skipped benchmarks from the existing output file")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from hpr import io
@@ -93,14 +95,18 @@ def main() -> int:
                     "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    out = Path(a.out) if a.out else RESULTS / ("cpu-quick.json" if a.quick else "cpu.json")
+    old = json.loads(out.read_text(encoding="utf-8")) if a.update and out.is_file() else {}
     for name in BENCHMARKS:
         if name in a.skip:
-            result[name] = None
+            result[name] = old.get(name)
+            if result[name] is not None:  # when that result was measured
+                when = old.get("kept_from_earlier_run", {}).get(name, old.get("started"))
+                result.setdefault("kept_from_earlier_run", {})[name] = when
             continue
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         result[name] = run_one(name, a.quick, a.timeout)
     result["end_to_end"] = {"make_book": book_time()}
-    out = Path(a.out) if a.out else RESULTS / ("cpu-quick.json" if a.quick else "cpu.json")
     io.write_json(out, result)
     print(json.dumps(result, indent=2, default=str))
     failed = [n for n in BENCHMARKS if isinstance(result.get(n), dict) and "error" in result[n]]

@@ -152,8 +152,9 @@ def edit_negatives(x: Tensor, wh: Tensor, dot: Tensor, theta: Tensor | None) -> 
     buf = torch.addr(x, dot, wh, alpha=-1.0)  # x minus its component along wh
     r2 = torch.linalg.vecdot(x, x)
     b = torch.linalg.vector_norm(buf, dim=-1)
-    # The plane is defined where sin(angle(x, Hx)) = 2 |dot| b / |x|^2 > PLANE_TOL.
-    edit = neg & ((dot * b) < r2 * (-0.5 * PLANE_TOL))
+    # The plane is defined where sin(angle(x, Hx)) = 2 |dot| b / |x|^2 > PLANE_TOL; as b >= 0, the
+    # test below also implies dot < 0 (a negative).
+    edit = (dot * b) < r2 * (-0.5 * PLANE_TOL)
     q = torch.sin(theta) / b  # inf/nan only where not `edit`, and torch.where drops them
     alpha = torch.where(edit, torch.addcmul(torch.cos(theta), dot, q, value=-1.0), 1.0)
     beta = torch.where(edit, q * r2, torch.where(neg, dot * -2.0, 0.0))
