@@ -8,7 +8,7 @@ token either way). Shapes: prefill ``batch x seq`` tokens; decode ``batch`` sequ
 token each on a KV cache of ``seq`` tokens. Also the edit alone vs one decoder block (same input),
 the per-layer cost ratio the paper's anchor quotes. Prints JSON.
 
-    python benchmarks/bench_edit.py [--repeats 5] [--decode-repeats 30] [--no-reference]
+    python benchmarks/bench_edit.py [--repeats 5] [--decode-repeats 30] [--no-reference] [--compiled]
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ def _reference_ctx(model: Any, es: Any) -> Any:
     return edit_block_outputs(model, {i: ReferenceCall(es.editors[i]) for i in es.selected})
 
 
+def summarize(t: dict[str, list[float]]) -> dict[str, Any]:
+    """Medians of interleaved timings ``t`` (name -> seconds) and each variant's overhead over
+    ``plain``: ratio of medians (``overhead_<name>``) and median of paired ratios (``_paired``)."""
+    out: dict[str, Any] = {"median_s": {n: median(v) for n, v in t.items()}}
+    for n, v in t.items():
+        if n != "plain":
+            out[f"overhead_{n}"] = overhead(v, t["plain"])
+            out[f"overhead_{n}_paired"] = paired_overhead(v, t["plain"])
+    return out
+
+
 def layer_timer(block: Any) -> tuple[list[float], Any]:
     """Hooks on ``block`` that append the seconds of each of its forward calls to a list."""
     times: list[float] = []
@@ -65,6 +76,7 @@ def run(
     repeats: int = 5,
     decode_repeats: int = 30,
     reference: bool = True,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     import torch
 
@@ -99,22 +111,18 @@ def run(
         with _reference_ctx(model, es), torch.no_grad():
             return model(ids)
 
+    def ours_compiled() -> Any:
+        with es.apply(model, compiled=True), torch.no_grad():
+            return model(ids)
+
     # Prefill: whole-model forward, full logits (as scoring does).
     fns = {"plain": plain, "hpr": ours}
     if reference:
         fns["reference"] = ref
-    t = alternate(fns, repeats)
-    pre = {
-        "shape": [batch, seq],
-        "repeats": repeats,
-        "median_s": {n: median(v) for n, v in t.items()},
-        "overhead_hpr": overhead(t["hpr"], t["plain"]),
-        "overhead_hpr_paired": paired_overhead(t["hpr"], t["plain"]),
-    }
-    if reference:
-        pre["overhead_reference"] = overhead(t["reference"], t["plain"])
-        pre["overhead_reference_paired"] = paired_overhead(t["reference"], t["plain"])
-    result["prefill"] = pre
+    if compiled:
+        fns["hpr_compiled"] = ours_compiled
+        ours_compiled()  # compile outside the timings
+    result["prefill"] = {"shape": [batch, seq], "repeats": repeats, **summarize(alternate(fns, repeats))}
 
     # Decode: one new token per sequence on a KV cache of `seq` tokens; the cache is cropped back.
     with torch.no_grad():
@@ -136,19 +144,11 @@ def run(
     dfns = {"plain": step(contextlib.nullcontext), "hpr": step(lambda: es.apply(model))}
     if reference:
         dfns["reference"] = step(lambda: _reference_ctx(model, es))
-    td = alternate(dfns, decode_repeats, warmup=2)
-    dec = {
-        "batch": batch,
-        "cache_tokens": seq,
-        "repeats": decode_repeats,
-        "median_s": {n: median(v) for n, v in td.items()},
-        "overhead_hpr": overhead(td["hpr"], td["plain"]),
-        "overhead_hpr_paired": paired_overhead(td["hpr"], td["plain"]),
-    }
-    if reference:
-        dec["overhead_reference"] = overhead(td["reference"], td["plain"])
-        dec["overhead_reference_paired"] = paired_overhead(td["reference"], td["plain"])
-    result["decode"] = dec
+    if compiled:
+        dfns["hpr_compiled"] = step(lambda: es.apply(model, compiled=True))
+        dfns["hpr_compiled"]()  # compile the decode shape outside the timings
+    result["decode"] = {"batch": batch, "cache_tokens": seq, "repeats": decode_repeats,
+                        **summarize(alternate(dfns, decode_repeats, warmup=2))}
 
     # The edit alone vs one decoder block, on the block's real input and output (prefill shape).
     block_i = es.selected[0]
@@ -189,8 +189,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--decode-repeats", type=int, default=30)
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--compiled", action="store_true",
+                    help="add an hpr_compiled row (EditorSet.apply(compiled=True); compiles first)")
     a = ap.parse_args()
-    emit(run(a.batch, a.seq, a.k, a.repeats, a.decode_repeats, not a.no_reference))
+    emit(run(a.batch, a.seq, a.k, a.repeats, a.decode_repeats, not a.no_reference, a.compiled))
 
 
 if __name__ == "__main__":

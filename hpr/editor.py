@@ -80,10 +80,6 @@ class HPR(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.sigmoid(self.logits(x)), self.theta(x)
 
-    def unit_normal(self) -> Tensor:
-        """``w / |w|`` in float32 (d,), cached until the probe weight changes (in place or moved)."""
-        return self._cached()[0]
-
     def _cached(self) -> tuple[Any, ...]:
         """Arguments of ``edit_rows`` after ``x``: the unit normal, the angle network's first layer
         with ``w^`` stacked on top when that layer is float32 (``x @ W.T + b`` then gives ``x . w^``
