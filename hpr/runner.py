@@ -185,6 +185,22 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+#: Parameters whose ``None`` default stands for a list: the type of the list's items.
+_LISTS: dict[str, type] = {"fig6_ks": int, "table2_models": str, "models": str, "all_methods_models": str,
+                           "methods": str}
+
+
+def _list_ok(name: str, value: Any) -> bool:
+    item = _LISTS[name]
+
+    def ok(v: Any) -> bool:
+        if item is int:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        return isinstance(v, item)
+
+    return value is None or (isinstance(value, list) and all(ok(v) for v in value))
+
+
 def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> None:
     """Refuse (``ParameterError``) names the notebook does not declare and values whose type
     differs from the declared default (int is accepted for a float; a ``None`` default takes any)."""
@@ -200,6 +216,10 @@ def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> None
                 f"unknown parameter {name!r} for {path.name}; {hint}known parameters: {sorted(defaults)}"
             )
         default = defaults[name]
+        if name in _LISTS and not _list_ok(name, value):
+            kind, example = ("positive integers", "[1, 2, 3]") if _LISTS[name] is int else ("strings", '["a", "b"]')
+            raise ParameterError(f"parameter {name!r} must be a JSON list of {kind} (or null), got "
+                                 f"{value!r}; e.g. -p '{name}={example}'")
         if not _type_ok(default, value):
             want = "a number" if isinstance(default, float) else type(default).__name__
             raise ParameterError(

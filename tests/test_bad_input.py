@@ -351,7 +351,7 @@ def test_bad_override_syntax() -> None:
 def _nb(tmp_path: Path) -> Path:
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell('seed = 0\nk = 5\nlr = 0.001\nmodel = "m"\ndata_dir = None\n'
-                                     'models = ["a"]\ncaps = {"bbq": 3}')
+                                     'models = ["a"]\ncaps = {"bbq": 3}\nfig6_ks = None\ntable2_models = None')
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [cell]
     path = tmp_path / "nb.ipynb"
@@ -366,7 +366,9 @@ def test_parameter_unknown_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name,value", [("k", "three"), ("seed", 1.5), ("models", "a"), ("caps", [1]),
-                                        ("lr", "fast"), ("model", 3)])
+                                        ("lr", "fast"), ("model", 3), ("models", [1, 2]), ("fig6_ks", "1,2"),
+                                        ("fig6_ks", [0, 3]), ("fig6_ks", [1.5]), ("table2_models", "a"),
+                                        ("table2_models", [3])])
 def test_parameter_wrong_type(tmp_path: Path, name: str, value: object) -> None:
     with pytest.raises(ParameterError) as exc:
         runner.validate_parameters(_nb(tmp_path), {name: value})
@@ -375,7 +377,9 @@ def test_parameter_wrong_type(tmp_path: Path, name: str, value: object) -> None:
 
 def test_parameter_right_types_pass(tmp_path: Path) -> None:
     runner.validate_parameters(_nb(tmp_path), {"k": 3, "lr": 1, "data_dir": "/x", "seed": 2,
-                                               "models": ["b"], "caps": {"bbq": None}, "model": "x"})
+                                               "models": ["b"], "caps": {"bbq": None}, "model": "x",
+                                               "fig6_ks": [1, 2, 8], "table2_models": ["b"]})
+    runner.validate_parameters(_nb(tmp_path), {"fig6_ks": None, "table2_models": None})
 
 
 def test_run_study_rejects_bad_parameter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -280,3 +280,21 @@ def test_compiled_path_equals_eager(tiny_model, tokenizer) -> None:
         with es.apply(tiny_model, compiled=True):
             compiled = tiny_model(**ids).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_design_spreads_one_nan_to_its_sequence() -> None:
+    """A token on the hyperplane (gamma = 0) makes the law of sines divide by zero in the reference
+    design, and its diag_embed mask products carry that NaN into every token of the sequence.
+    Our edit stays finite (the benchmarks' reference rows time this design as it is)."""
+    torch.manual_seed(10)
+    e = HPR(32, angle_layers=2)
+    with torch.no_grad():  # a basis-vector normal: H is exact in float32, so gamma is exactly 0 below
+        e.probe.weight.zero_()
+        e.probe.weight[0, 3] = 2.0
+    x = torch.randn(2, 6, 32)
+    x[0, 3, 3] = 0.0  # token 3 of sequence 0 on the hyperplane
+    with torch.no_grad():
+        ref, ours = reference_edit(e, x), e.edit(x)
+    assert not torch.isfinite(ref[0]).any()  # the whole first sequence
+    assert torch.isfinite(ref[1]).all()  # the other sequence is untouched
+    assert torch.isfinite(ours).all()
