@@ -31,8 +31,15 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the clone and its caches afterwards")
     a = ap.parse_args()
     work = Path(a.workdir)
+    marker = work / ".hpr-book-timing"
     if work.exists():
+        if not marker.is_file():
+            print(f"{work} exists and was not made by this script; pass another --workdir "
+                  "(it is deleted and recreated on each run)", file=sys.stderr)
+            return 2
         shutil.rmtree(work)
+    work.mkdir(parents=True)
+    marker.touch()
     clone, caches = work / "repo", work / "cache"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
