@@ -8,7 +8,7 @@ token either way). Shapes: prefill ``batch x seq`` tokens; decode ``batch`` sequ
 token each on a KV cache of ``seq`` tokens. Also the edit alone vs one decoder block (same input),
 the per-layer cost ratio the paper's anchor quotes. Prints JSON.
 
-    python benchmarks/bench_edit.py [--repeats 5] [--decode-repeats 30] [--no-reference] [--compiled]
+    python benchmarks/bench_edit.py [--repeats 5] [--decode-repeats 100] [--no-reference] [--compiled]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def run(
     seq: int = 256,
     k: int = 5,
     repeats: int = 5,
-    decode_repeats: int = 30,
+    decode_repeats: int = 100,
     reference: bool = True,
     compiled: bool = False,
 ) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--decode-repeats", type=int, default=30)
+    ap.add_argument("--decode-repeats", type=int, default=100)
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--compiled", action="store_true",
                     help="add an hpr_compiled row (EditorSet.apply(compiled=True); compiles first)")

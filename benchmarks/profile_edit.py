@@ -22,6 +22,7 @@ from common import bench_model, emit, median, setup_threads
 def run(steps: int = 40, batch: int = 8, seq: int = 256, k: int = 5) -> dict[str, Any]:
     import torch
 
+    from hpr.editor import _EditCall
     from hpr.intervene import edit_block_outputs
 
     threads = setup_threads()
@@ -37,13 +38,15 @@ def run(steps: int = 40, batch: int = 8, seq: int = 256, k: int = 5) -> dict[str
     in_model: list[float] = []
     seen: dict[int, Any] = {}
 
+    calls = {i: _EditCall(es.editors[i]) for i in es.selected}  # what EditorSet.apply hooks in
+
     def timed(i: int) -> Any:
-        editor = es.editors[i]
+        editor = calls[i]
 
         def edit(x: Any) -> Any:
             seen[i] = x.detach().clone()
             t0 = time.perf_counter()
-            y = editor.edit(x)
+            y = editor(x)
             in_model.append(time.perf_counter() - t0)
             return y
 
@@ -58,7 +61,7 @@ def run(steps: int = 40, batch: int = 8, seq: int = 256, k: int = 5) -> dict[str
         for _ in range(steps):
             for i in es.selected:
                 t0 = time.perf_counter()
-                es.editors[i].edit(seen[i])
+                calls[i](seen[i])
                 alone.append(time.perf_counter() - t0)
     inside, isolated = median(in_model) * 1e6, median(alone) * 1e6
     return {"benchmark": "edit_profile", "device": "cpu", "threads": threads, **info, "k": k,

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -80,22 +80,35 @@ class HPR(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.sigmoid(self.logits(x)), self.theta(x)
 
+    def _params(self) -> list[Tensor]:
+        """The probe weight, then each angle layer's weight and bias, read straight from the
+        modules' parameter dicts (this runs on every edit; ``parameters()`` costs far more)."""
+        probe = cast(nn.Linear, self._modules["probe"])
+        out = [probe._parameters["weight"]]
+        for m in cast(nn.Sequential, self._modules["angle"])._modules.values():
+            if isinstance(m, nn.Linear):
+                out += (m._parameters["weight"], m._parameters["bias"])
+        return cast(list[Tensor], out)
+
     def _cached(self) -> tuple[Any, ...]:
-        """Arguments of ``edit_rows`` after ``x``: the unit normal, the angle network's first layer
-        with ``w^`` stacked on top when that layer is float32 (``x @ W.T + b`` then gives ``x . w^``
-        and the first hidden layer in one product), the other layers' weights and biases.
-        Rebuilt when a parameter changes (in place, replaced, moved or cast)."""
-        params = [self.probe.weight, *self.angle.parameters()]
-        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in params)
+        """Arguments of ``edit_rows`` after ``x``: the unit normal ``w^`` (d,), the angle layers'
+        weights and biases, and whether they are float32. Then the first layer has ``w^`` stacked on
+        top (``x @ W.T + b`` gives ``x . w^`` and the first hidden layer in one product) and the
+        second a zero first column (it takes that whole output and ignores ``x . w^``).
+        Rebuilt when a parameter changes in place (its version), is replaced, moved or cast (its
+        storage); changes made through ``.data`` are not seen."""
+        params = self._params()
+        key = tuple((t._version, t.data_ptr()) for t in params)
         if self._cache is None or self._cache_key != key:
-            w = self.normal.detach().float()
+            w = params[0][0].detach().float()
             wh = w / w.norm().clamp_min(torch.finfo(torch.float32).tiny)
-            lin = [m for m in self.angle if isinstance(m, nn.Linear)]
-            ws = [m.weight.detach() for m in lin]
-            bs = [m.bias.detach() for m in lin]
-            stacked = ws[0].dtype == torch.float32
+            ws = [t.detach() for t in params[1::2]]
+            bs = [t.detach() for t in params[2::2]]
+            stacked = ws[0].dtype == torch.float32 and len(ws) > 1
             if stacked:
                 ws[0], bs[0] = torch.cat([wh[None], ws[0]]), torch.cat([wh.new_zeros(1), bs[0]])
+                if len(ws) > 1:
+                    ws[1] = torch.cat([ws[1].new_zeros(ws[1].shape[0], 1), ws[1]], dim=1)
             self._cache = (wh, ws, bs, stacked)
             self._cache_key = key
         return self._cache
@@ -104,39 +117,55 @@ class HPR(nn.Module):
         """Edited activations, same shape and dtype as ``x``; positives are returned unchanged.
 
         Equals ``where(p < 0.5, pseudo_rotate(x, w, theta) or reflect(x, w), x)``, computed by
-        ``edit_rows`` (geometry in float32, the angle network in its own dtype, about 25 tensor
+        ``edit_rows`` (geometry in float32, the angle network in its own dtype, about 20 tensor
         operations: at decode each edit sees a few rows, and per-operation costs dominate).
         ``compiled=True`` runs it through ``torch.compile`` (same results; eager if that fails).
         """
-        d = x.shape[-1]
-        rows = x.reshape(-1, d)
-        wh, ws, bs, stacked = self._cached()
-        with torch.no_grad():
-            if not self.use_angle:
-                xf = rows.float()
-                out = edit_negatives(xf, wh, torch.mv(xf, wh), None)
-            else:
-                fn = compiled_edit_rows() if compiled else edit_rows
-                out = fn(rows, wh, ws, bs, stacked)
-        return out.reshape(x.shape).to(x.dtype)
+        return edit_with(x, self._cached(), self.use_angle, compiled)
 
     def __call__(self, x: Tensor) -> Any:  # typed for mypy; nn.Module dispatches to forward
         return super().__call__(x)
 
 
-def edit_rows(rows: Tensor, wh: Tensor, ws: list[Tensor], bs: list[Tensor], stacked: bool) -> Tensor:
-    """The HPR edit of rows (n, d) in float32: ``x . w^``, the angle MLP (Linear, GELU, ...,
-    Linear; weights ``ws``, biases ``bs``; ``stacked``: ``ws[0]`` has ``w^`` as its first row),
-    ``theta = pi sigmoid(.)`` in radians, then ``hpr.kernels.edit_negatives``."""
-    xf = rows.float()
+def edit_with(x: Tensor, cached: tuple[Any, ...], use_angle: bool = True, compiled: bool = False) -> Tensor:
+    """``HPR.edit`` given the editor's ``_cached()`` arguments (the hooks read those once per block)."""
+    wh, ws, bs, stacked = cached
+    if x.shape[-1] != wh.shape[0]:
+        raise EditorError(f"activations of size {x.shape[-1]} given to an editor of hidden size "
+                          f"{wh.shape[0]}; use editors trained for this model and layer")
+    grad = torch.is_grad_enabled()
+    onednn = torch._C._get_mkldnn_enabled()
+    # For contiguous float32 CPU input ATen runs GELU through oneDNN, which costs 5-20x its own
+    # kernel on the few rows of a decode step (same values to float32 rounding). The global flag
+    # is restored at once; the model's float32 matrix products do not use oneDNN either way.
+    torch._C._set_mkldnn_enabled(False)
+    torch._C._set_grad_enabled(False)
+    try:
+        if not use_angle:
+            xf = x.float()
+            out = edit_negatives(xf, wh, (xf @ wh).unsqueeze(-1), None)
+        else:
+            out = (compiled_edit_rows() if compiled else edit_rows)(x, wh, ws, bs, stacked)
+    finally:
+        torch._C._set_mkldnn_enabled(onednn)
+        torch._C._set_grad_enabled(grad)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def edit_rows(x: Tensor, wh: Tensor, ws: list[Tensor], bs: list[Tensor], stacked: bool) -> Tensor:
+    """The HPR edit of activations ``x`` (..., d) in float32: ``x . w^``, the angle MLP (Linear, GELU,
+    ..., Linear; weights ``ws``, biases ``bs``, as ``HPR._cached`` lays them out: ``stacked`` puts
+    ``x . w^`` in column 0 of the first layer's output), ``theta = pi sigmoid(.)`` (..., 1) in
+    radians, then ``hpr.kernels.edit_negatives``."""
+    xf = x.float()
     if stacked:
-        z = F.linear(xf, ws[0], bs[0])
-        dot, h = z[:, 0], z[:, 1:]
+        h = F.linear(xf, ws[0], bs[0])  # (..., 1 + width): x . w^, then the first hidden layer
+        dot = h[..., :1]
     else:
-        dot, h = torch.mv(xf, wh), F.linear(rows.to(ws[0].dtype), ws[0], bs[0])
+        dot, h = (xf @ wh).unsqueeze(-1), F.linear(x.to(ws[0].dtype), ws[0], bs[0])
     for w, b in zip(ws[1:], bs[1:], strict=True):
         h = F.linear(F.gelu(h), w, b)
-    theta = torch.sigmoid(h.squeeze(-1).float()) * math.pi
+    theta = torch.sigmoid(h.float()).mul_(math.pi)
     return edit_negatives(xf, wh, dot, theta)
 
 
@@ -229,7 +258,8 @@ class EditorSet:
 
     @contextmanager
     def apply(self, model: nn.Module, check: bool = True, compiled: bool = False) -> Iterator[nn.Module]:
-        """Edit the selected layers of ``model`` inside the block; hooks removed on exit.
+        """Edit the selected layers of ``model`` inside the block; hooks removed on exit. The editors'
+        weights are read at the first edit: changes to them inside the block take effect at the next.
 
         ``compiled=True`` fuses each edit with ``torch.compile`` (worth it for long ``generate()``
         runs on a GPU, where the eager edit's kernel launches cost more than its arithmetic; the
@@ -296,16 +326,22 @@ class EditorSet:
 
 
 class _EditCall:
-    """A picklable callable ``x -> editor.edit(x)`` that the hooks can move to a device."""
+    """A picklable callable ``x -> editor.edit(x)`` for the hooks. It reads the editor's weights
+    (``HPR._cached``) at its first call and again only when ``x`` is on another device (then it
+    moves the editor there): weight changes made inside an ``apply()`` block apply from the next."""
 
     def __init__(self, editor: HPR, compiled: bool = False) -> None:
         self.editor = editor
         self.compiled = compiled
+        self.cached: tuple[Any, ...] | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.editor.probe.weight.device != x.device:
-            self.editor.to(x.device)
-        return self.editor.edit(x, self.compiled)
+        cached = self.cached
+        if cached is None or cached[0].device != x.device:
+            if self.editor.probe.weight.device != x.device:
+                self.editor.to(x.device)
+            cached = self.cached = self.editor._cached()
+        return edit_with(x, cached, self.editor.use_angle, self.compiled)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -16,6 +16,9 @@ from torch import Tensor
 #: Below this value of sin(angle(a, Ha)) the rotation plane is taken as undefined.
 PLANE_TOL = 1e-6
 
+#: The same bound on ``|cot(angle(x, w))|``: ``2 t / (1 + t^2) > PLANE_TOL`` for ``TAU_MIN < t < 1/TAU_MIN``.
+TAU_MIN = PLANE_TOL / (1.0 + (1.0 - PLANE_TOL**2) ** 0.5)
+
 
 def _check(x: Tensor, w: Tensor) -> None:
     if w.dim() != 1:
@@ -135,35 +138,38 @@ def fused_edit(x: Tensor, w: Tensor, theta: Tensor | float | None, negative: Ten
 
 
 def edit_negatives(x: Tensor, wh: Tensor, dot: Tensor, theta: Tensor | None) -> Tensor:
-    """The HPR edit of float32 rows ``x`` (n, d), in the fewest tensor operations (decode path).
+    """The HPR edit of float32 activations ``x`` (..., d), in few tensor operations (the decode path).
 
-    ``wh`` is the unit normal (d,) and ``dot = x @ wh`` (n,). Rows with ``dot < 0`` (the probe's
-    negatives) are rotated by ``theta`` (n,) radians towards their reflection, or reflected when
-    ``theta`` is None; the other rows come back bitwise. Equals
-    ``fused_edit(x, wh, theta, dot < 0)`` to float32 rounding (``tests/test_fast_paths.py``). With
-    ``b = |x - dot wh| = |x| sin(angle(x, w))`` and ``dot < 0`` the rotation is
-    ``(cos t - dot sin t / b) x + (|x|^2 sin t / b) wh``. Per-token overhead matters at decode, where
-    each operation costs more than its arithmetic, so this is about 20 operations on (n,) scalars
-    and two sweeps over ``x``; no data-dependent branching.
+    ``wh`` is the unit normal (d,), ``dot = x @ wh`` with a trailing 1 (..., 1) and ``theta`` radians
+    of the same shape, or None to reflect. Rows with ``dot < 0`` (the probe's negatives) are rotated by
+    ``theta`` towards their reflection; the other rows come back bitwise. Equals
+    ``fused_edit(x, wh, theta, dot < 0)`` to float32 rounding (``tests/test_fast_paths.py``).
+
+    With ``b = |x - dot wh|`` (= ``|x| sin(phi)``, phi = angle(x, w)) and ``tau = dot / b``
+    (= ``cot(phi)``), the rotation of a negative is ``(cos t - tau sin t) x + sin t (b + tau dot) wh``.
+    Its plane is defined where ``sin(angle(x, Hx)) = 2 |tau| / (1 + tau^2) > PLANE_TOL``, i.e. for
+    ``-1/TAU_MIN < tau < -TAU_MIN``; elsewhere negatives are reflected (and positives kept, as
+    ``tau >= 0`` there). At decode each edit sees a few rows and every tensor operation costs more
+    than its arithmetic, so this is 17 operations, few distinct ones, with no branching on data.
     """
-    neg = dot < 0
     if theta is None:
-        return torch.addr(x, torch.where(neg, dot * -2.0, 0.0), wh)
-    buf = torch.addr(x, dot, wh, alpha=-1.0)  # x minus its component along wh
-    r2 = torch.linalg.vecdot(x, x)
-    b = torch.linalg.vector_norm(buf, dim=-1)
-    # The plane is defined where sin(angle(x, Hx)) = 2 |dot| b / |x|^2 > PLANE_TOL; as b >= 0, the
-    # test below also implies dot < 0 (a negative).
-    edit = (dot * b) < r2 * (-0.5 * PLANE_TOL)
-    q = torch.sin(theta) / b  # inf/nan only where not `edit`, and torch.where drops them
-    alpha = torch.where(edit, torch.addcmul(torch.cos(theta), dot, q, value=-1.0), 1.0)
-    beta = torch.where(edit, q * r2, torch.where(neg, dot * -2.0, 0.0))
-    out = torch.mul(x, alpha.unsqueeze(-1), out=buf)
-    return out.addr_(beta, wh)
+        return torch.addcmul(x, dot.clamp(max=0.0), wh, value=-2.0)
+    buf = torch.addcmul(x, dot, wh, value=-1.0)  # x minus its component along wh
+    b = torch.linalg.vector_norm(buf, dim=-1, keepdim=True)
+    tau = dot / b  # +-inf or nan only where the plane is undefined; torch.where drops those
+    sin_t, cos_t = torch.sin(theta), torch.cos(theta)
+    alpha = torch.addcmul(cos_t, tau, sin_t, value=-1.0)
+    beta = torch.addcmul(b, tau, dot).mul_(sin_t)
+    edit = (tau < -TAU_MIN) & (tau > -1.0 / TAU_MIN)
+    alpha = torch.where(edit, alpha, 1.0)
+    beta = torch.where(edit, beta, dot.clamp(max=0.0).mul_(-2.0))
+    out = torch.mul(x, alpha, out=buf)
+    return out.addcmul_(beta, wh)
 
 
 __all__ = [
     "PLANE_TOL",
+    "TAU_MIN",
     "angle_between",
     "edit_negatives",
     "fused_edit",

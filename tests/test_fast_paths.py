@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hpr import EditorSet
 from hpr.architectures import fingerprint
 from hpr.editor import HPR
+from hpr.errors import EditorError
 from hpr.kernels import PLANE_TOL, edit_negatives, fused_edit, pseudo_rotate, reflect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -121,10 +122,11 @@ def test_fused_half_precision(dtype: torch.dtype) -> None:
     close(got, want, x, rtol=2 * ulp)
 
 
-@pytest.mark.parametrize("use_angle", [True, False])
-def test_hpr_edit_equals_plain_kernels(use_angle: bool) -> None:
+@pytest.mark.parametrize(("use_angle", "layers"), [(True, 1), (True, 2), (True, 3), (False, 3)])
+def test_hpr_edit_equals_plain_kernels(use_angle: bool, layers: int) -> None:
+    """One angle layer: ``x . w^`` from its own product; more: stacked on the first layer's."""
     torch.manual_seed(3)
-    e = HPR(48, angle_layers=3, use_angle=use_angle)
+    e = HPR(48, angle_layers=layers, use_angle=use_angle)
     x = torch.randn(3, 11, 48) * 2
     with torch.no_grad():
         got = e.edit(x)
@@ -197,7 +199,7 @@ def test_edit_negatives_equals_fused(d: int, n: int, seed: int, scale: float, an
     wh = w / w.norm()
     dot = x @ wh
     theta = torch.rand(n, generator=g) * math.pi if angle else None
-    got = edit_negatives(x, wh, dot, theta)
+    got = edit_negatives(x, wh, dot[:, None], None if theta is None else theta[:, None])
     want = fused_edit(x, w, theta, dot < 0)
     close(got, want, x, rtol=1e-4)
     assert torch.equal(got[dot >= 0], x[dot >= 0])
@@ -217,10 +219,10 @@ def test_edit_negatives_degenerate_inputs() -> None:
     x = torch.stack([torch.zeros(d), on_plane, anti, 3.0 * anti, nearly, torch.full((d,), -1e-20)])
     dot = x @ wh
     for theta in (torch.full((len(x),), 1.0), None):
-        got = edit_negatives(x, wh, dot, theta)
+        got = edit_negatives(x, wh, dot[:, None], None if theta is None else theta[:, None])
         assert torch.isfinite(got).all()
         close(got, fused_edit(x, w, theta, dot < 0), x, rtol=1e-6)
-    got = edit_negatives(x, wh, dot, torch.full((len(x),), 1.0))
+    got = edit_negatives(x, wh, dot[:, None], torch.full((len(x), 1), 1.0))
     assert torch.equal(got[:2], x[:2])  # zero and on-plane vectors are not negatives
     close(got[2:5], -x[2:5], x[2:5], rtol=1e-6)  # anti-parallel: undefined plane, reflected
 
@@ -245,6 +247,45 @@ def test_edit_cache_follows_weight_changes() -> None:
     e.angle.to(torch.bfloat16)  # angle network in another dtype: the unstacked path
     with torch.no_grad():
         close(e.edit(x), plain_edit(x, e.normal, e.theta(x), e.logits(x) < 0), x, rtol=1e-2)
+
+
+def test_edit_restores_global_modes(monkeypatch) -> None:
+    """The edit switches oneDNN off (for GELU) and autograd off only while it runs."""
+    import hpr.editor as editor_mod
+
+    e = HPR(16, angle_layers=3)
+    x = torch.randn(4, 16, requires_grad=True)
+    onednn = torch.backends.mkldnn.enabled
+    assert torch.is_grad_enabled()
+    y = e.edit(x)
+    assert torch.is_grad_enabled() and torch.backends.mkldnn.enabled == onednn
+    assert not y.requires_grad  # the edit is not differentiated
+    with pytest.raises(EditorError, match="hidden size 16"):
+        e.edit(torch.randn(4, 15))
+
+    def boom(*_a):
+        raise RuntimeError("inside the edit")
+
+    monkeypatch.setattr(editor_mod, "edit_rows", boom)
+    with pytest.raises(RuntimeError, match="inside"):
+        e.edit(x)
+    assert torch.is_grad_enabled() and torch.backends.mkldnn.enabled == onednn
+
+
+def test_apply_reads_weights_once_per_block(tiny_model, tokenizer) -> None:
+    """Inside ``apply()`` the hooks use the weights read at the first edit; the next block sees changes."""
+    ids = tokenizer(["hello world"], return_tensors="pt")
+    torch.manual_seed(11)
+    es = EditorSet({i: HPR(64) for i in range(4)}, fingerprint(tiny_model), selected=[1])
+    with torch.no_grad():
+        with es.apply(tiny_model):
+            first = tiny_model(**ids).logits
+            es.editors[1].probe.weight.mul_(-1.0)
+            same = tiny_model(**ids).logits
+        with es.apply(tiny_model):
+            flipped = tiny_model(**ids).logits
+    assert torch.equal(first, same)
+    assert not torch.allclose(first, flipped)
 
 
 def test_compiled_path_falls_back_to_eager(monkeypatch) -> None:
