@@ -92,9 +92,10 @@ class HPR(nn.Module):
 
     def _cached(self) -> tuple[Any, ...]:
         """Arguments of ``edit_rows`` after ``x``: the unit normal ``w^`` (d,), the angle layers'
-        weights and biases, and whether they are float32. Then the first layer has ``w^`` stacked on
-        top (``x @ W.T + b`` gives ``x . w^`` and the first hidden layer in one product) and the
-        second a zero first column (it takes that whole output and ignores ``x . w^``).
+        weights and biases, and ``stacked``: whether the angle network is float32 with two or more
+        layers. Then the first layer has ``w^`` stacked on top (``x @ W.T + b`` gives ``x . w^`` and
+        the first hidden layer in one product) and the second a zero first column (it takes that
+        whole output and ignores ``x . w^``).
         Rebuilt when a parameter changes in place (its version), is replaced, moved or cast (its
         storage); changes made through ``.data`` are not seen."""
         params = self._params()
@@ -107,8 +108,7 @@ class HPR(nn.Module):
             stacked = ws[0].dtype == torch.float32 and len(ws) > 1
             if stacked:
                 ws[0], bs[0] = torch.cat([wh[None], ws[0]]), torch.cat([wh.new_zeros(1), bs[0]])
-                if len(ws) > 1:
-                    ws[1] = torch.cat([ws[1].new_zeros(ws[1].shape[0], 1), ws[1]], dim=1)
+                ws[1] = torch.cat([ws[1].new_zeros(ws[1].shape[0], 1), ws[1]], dim=1)
             self._cache = (wh, ws, bs, stacked)
             self._cache_key = key
         return self._cache
