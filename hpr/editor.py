@@ -135,8 +135,9 @@ def edit_with(x: Tensor, cached: tuple[Any, ...], use_angle: bool = True, compil
                           f"{wh.shape[0]}; use editors trained for this model and layer")
     grad = torch.is_grad_enabled()
     onednn = torch._C._get_mkldnn_enabled()
-    # For contiguous float32 CPU input ATen runs GELU through oneDNN, which costs 5-20x its own
-    # kernel on the few rows of a decode step (same values to float32 rounding). The flag is
+    # For contiguous float32 CPU input ATen runs GELU through oneDNN, whose per-call overhead far
+    # exceeds ATen's own kernel on the few rows of a decode step (same values to float32 rounding;
+    # benchmarks/profile_edit.py times the whole edit inside the model). The flag is
     # process-wide: it is restored before the model goes on, but another thread running torch
     # during an edit would skip oneDNN for that moment too.
     torch._C._set_mkldnn_enabled(False)
