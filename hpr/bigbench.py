@@ -1,5 +1,6 @@
-"""Fetch the BIG-bench task files: the ``bigbench==1.0.0`` sdist from PyPI, sha256-checked,
-only the needed members extracted (no path traversal, no links)."""
+"""BIG-bench task files: fetching them (the ``bigbench==1.0.0`` sdist from PyPI, sha256-checked,
+only the needed members extracted, no path traversal, no links) and BIG-bench's default
+multiple-choice prompt formatting (``format_mc_input``), as lm-eval scores it."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .errors import DataError
 from .io import cache_dir, write_bytes, write_json
-from .sources import confined
+from .sources import Item, Parsed, confined
+from .sources import _add as add_item
 
 BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
@@ -26,6 +31,50 @@ _BB_WANTED = re.compile(
     r"|bbq_lite_json/[a-z_]+_(ambig|disambig)/task\.json)$"
 )
 _DONE = ".hpr_complete.json"
+#: BIG-bench's formatter, kept beside the task files (``<cache>/api/json_task.py``) for checks.
+_BB_FORMATTER = f"bigbench-{BIGBENCH_VERSION}/bigbench/api/json_task.py"
+
+#: ``JsonTask`` defaults of ``bigbench/api/json_task.py`` (bigbench 1.0.0), used by BBQ-lite and SEQ.
+INPUT_PREFIX = "\nQ: "
+OUTPUT_PREFIX = "\nA: "
+CHOICE_PREFIX = "\n  choice: "
+#: ``JsonTask(random_seed=42)``: the seed of the choice permutation, the same for every example.
+CHOICE_SEED = 42
+
+
+# ---------------------------------------------------------------- BIG-bench's default formatting
+def choice_permutation(n: int, seed: int = CHOICE_SEED) -> list[int]:
+    """The order BIG-bench lists ``n`` sorted choices in: ``np.random.RandomState(seed).permutation``.
+
+    ``default_format_fn`` makes a fresh ``RandomState(random_seed)`` for every example, so the
+    permutation depends only on the number of choices (``random_seed`` = 42 for every example).
+    """
+    return [int(i) for i in np.random.RandomState(seed=seed).permutation(n)]
+
+
+def format_mc_input(question: str, choices: Sequence[str], task_prefix: str = "") -> str:
+    """The ``inputs`` text of the Hugging Face ``bigbench`` dataset for a zero-shot multiple-choice
+    example: ``"Q: <question>\\n  choice: <c>...\\nA:"``.
+
+    BIG-bench builds ``task_prefix + "\\nQ: " + input + "\\n  choice: " + "\\n  choice: ".join(perm)
+    + "\\nA: "``, where ``perm`` is the sorted choices in ``choice_permutation`` order; the HF dataset
+    then strips the whole string. So only the leading newline and the trailing space go: whitespace
+    inside, including the input's own trailing whitespace (SEQ has such inputs) and the choices'
+    (BBQ-lite has ``"The brother "``), stays. ``question`` must be the file's ``input`` verbatim.
+    """
+    srt = sorted(str(c) for c in choices)
+    perm = [srt[i] for i in choice_permutation(len(srt))]
+    text = task_prefix + INPUT_PREFIX + question + CHOICE_PREFIX + CHOICE_PREFIX.join(perm) + OUTPUT_PREFIX
+    return text.strip()
+
+
+def question_of(inputs: str) -> str:
+    """The raw ``input`` inside a formatted ``inputs`` (inverse of ``format_mc_input`` without a
+    task prefix); ``inputs`` itself when it is not in that form."""
+    head = INPUT_PREFIX.strip() + " "
+    if inputs.startswith(head) and CHOICE_PREFIX in inputs:
+        return inputs[len(head): inputs.index(CHOICE_PREFIX)]
+    return inputs
 
 
 # ---------------------------------------------------------------- fetching BIG-bench
@@ -97,11 +146,15 @@ def fetch_bigbench(progress: Callable[[str], None] | None = None) -> Path:
 
 def extract_bigbench(tarball: Path, dest: Path) -> int:
     """Extract the needed BIG-bench members of ``tarball`` under ``dest/bigbench`` (regular files
-    only, names checked against a whitelist, so no path traversal). Returns the number written."""
+    only, names checked against a whitelist, so no path traversal), and BIG-bench's formatter
+    ``api/json_task.py`` as ``dest/api/json_task.py``. Returns the number of task files written."""
     n = 0
     try:
         with tarfile.open(tarball, "r:gz") as tar:
             for m in tar:
+                if m.name == _BB_FORMATTER and m.isfile() and (fh := tar.extractfile(m)) is not None:
+                    write_bytes(confined(dest, "api/json_task.py"), fh.read())
+                    continue
                 if not m.name.startswith(_BB_PREFIX) or not m.isfile():
                     continue
                 rel = m.name[len(_BB_PREFIX):]
@@ -119,3 +172,45 @@ def extract_bigbench(tarball: Path, dest: Path) -> int:
         raise DataError(f"{tarball} holds none of the BIG-bench task files; is it bigbench-{BIGBENCH_VERSION}?")
     return n
 
+
+# ---------------------------------------------------------------- hub rows (hails/bigbench)
+#: BBQ-lite's subtasks in BIG-bench's order (``task_metadata.json``), as the hub rows list them.
+BBQ_SUBTASKS: tuple[str, ...] = tuple(
+    f"{c}_{a}" for c in ("age", "disability_status", "gender_identity", "nationality", "physical_appearance",
+                         "race_ethnicity", "religion", "ses", "sexual_orientation") for a in ("ambig", "disambig"))
+
+
+def parse_bigbench_rows(rows: Sequence[Mapping[str, Any]], split: str,
+                        subtasks: Sequence[str] = ()) -> Parsed:
+    """``hails/bigbench`` ``<task>_zero_shot`` rows (``inputs``, ``multiple_choice_targets``,
+    ``multiple_choice_scores``, ``idx``). ``meta["inputs"]`` keeps ``inputs`` verbatim (the scoring
+    context); the prompt is the raw question inside it (``bigbench.question_of``).
+
+    A task with subtasks lists them one after the other, ``idx`` restarting at 0 for each: with
+    ``subtasks`` (BBQ-lite's, in BIG-bench's order) the k-th run of rows gets subtask k and the
+    category/ambiguity its name encodes (``<category>_<ambig|disambig>``). Keys ``<split>-<row>``.
+    """
+    out = Parsed([])
+    part = -1
+    for i, r in enumerate(rows):
+        try:
+            inputs, targets = str(r["inputs"]), [str(c) for c in r["multiple_choice_targets"]]
+            scores = [float(x) for x in r["multiple_choice_scores"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"hub row {split}/{i} lacks inputs/multiple_choice_targets/multiple_choice_scores "
+                            f"({exc}); use hails/bigbench, config <task>_zero_shot") from exc
+        if i == 0 or int(r.get("idx", 1) or 0) == 0:
+            part += 1
+        m: dict[str, Any] = {"inputs": inputs, "hub_split": split}
+        if subtasks:
+            if part >= len(subtasks):
+                raise DataError(f"hub rows {split}: more than {len(subtasks)} subtask runs (idx restarts); "
+                                "the hub copy does not match BIG-bench's BBQ-lite")
+            cat, amb = subtasks[part].rsplit("_", 1)
+            m.update(category=cat, ambiguity=amb, subtask=subtasks[part])
+        correct = [j for j, x in enumerate(scores) if x == 1.0]
+        if len(targets) != len(scores) or not correct or len(correct) == len(targets):
+            add_item(out, "no correct answer" if not correct else "no incorrect answer", Path(split), i)
+            continue
+        out.items.append(Item(f"{split}-{i}", question_of(inputs), targets, correct, m))
+    return out

@@ -6,8 +6,10 @@ answers (``exp`` of the summed log-likelihoods); a metric's standard error is th
 standard deviation (ddof=1) over examples divided by ``sqrt(n)``.
 
 A *prediction row* (one JSONL line) is ``{"id", "chosen", "correct", "logliks"}``: ``chosen``
-indexes ``Record.choices``; for TruthfulQA ``chosen``/``correct`` are MC1's and the row adds
-``"mc2"`` and ``"acc"`` (the argmax over all choices is a true answer).
+indexes ``Record.choices``; for TruthfulQA ``chosen``/``correct`` are MC1's (over ``Record.mc1``,
+best answer first) and the row adds ``"mc2"`` (over exactly ``Record.mc2``, lm-eval's
+``mc2_targets``) and ``"mc2_top1"`` (the argmax over the MC2 choices is a true answer; not a
+paper metric). Other datasets: ``correct`` is accuracy (``acc``).
 """
 
 from __future__ import annotations
@@ -59,17 +61,21 @@ def predict(dataset: str, record: Record, logliks: Sequence[float]) -> dict[str,
         raise DataError(
             f"record {record.id!r} has {len(record.choices)} choices but {len(ll)} log-likelihoods"
         )
-    best_all = argmax(ll)
-    acc = best_all in set(record.correct)
+    good = set(record.correct)
     row: dict[str, Any] = {"id": record.id}
     if dataset == "truthfulqa":
         if record.mc1 is None:
             raise DataError(f"TruthfulQA record {record.id!r} has no mc1 choices")
         mc1 = list(record.mc1)
+        mc2 = list(record.mc2) if record.mc2 is not None else list(range(len(ll)))
         chosen = mc1[argmax([ll[i] for i in mc1])]
-        row.update(chosen=chosen, correct=chosen == mc1[0], mc2=mc2_score(ll, record.correct), acc=acc)
+        ll2 = [ll[i] for i in mc2]
+        true2 = [j for j, i in enumerate(mc2) if i in good]
+        row.update(chosen=chosen, correct=chosen == mc1[0], mc2=mc2_score(ll2, true2),
+                   mc2_top1=mc2[argmax(ll2)] in good)
     else:
-        row.update(chosen=best_all, correct=acc)
+        best_all = argmax(ll)
+        row.update(chosen=best_all, correct=best_all in good)
     row["logliks"] = ll
     return row
 
@@ -77,9 +83,10 @@ def predict(dataset: str, record: Record, logliks: Sequence[float]) -> dict[str,
 def summarize(dataset: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Metrics over prediction rows: ``{name: {"value", "stderr", "n"}}``.
 
-    TruthfulQA: ``mc1``, ``mc2`` and ``acc`` (any true answer ranked first); else ``acc``.
+    TruthfulQA: ``mc1``, ``mc2`` and ``mc2_top1`` (a true MC2 answer ranked first); else ``acc``.
     """
-    names = {"mc1": "correct", "mc2": "mc2", "acc": "acc"} if dataset == "truthfulqa" else {"acc": "correct"}
+    names = ({"mc1": "correct", "mc2": "mc2", "mc2_top1": "mc2_top1"} if dataset == "truthfulqa"
+             else {"acc": "correct"})
     out = {}
     for name, key in names.items():
         vals = [float(r[key]) for r in rows]

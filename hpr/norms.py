@@ -64,7 +64,7 @@ def test_prompts(records: Sequence[Any], limit: int | None = None) -> list[str]:
     out = []
     for r in list(records)[:limit]:
         best = r.best if r.best is not None else r.correct[0]
-        out.append(f"Q: {r.prompt}\nA: {r.choices[best]}")
+        out.append(f"Q: {r.prompt.strip()}\nA: {r.choices[best]}")
     return out
 
 

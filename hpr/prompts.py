@@ -7,6 +7,11 @@ in ``PROMPT_FORMATS`` by name:
   ``"X. <text>"`` in a seeded random order (the same order for every answer of a question),
   then ``"Answer:"``; the answer is ``"X. <choice text>"``.
 - ``"qa"``: prompt ``"Q: <question>\\nA:"``, answer ``"<choice text>"``.
+- ``"task"`` (Table 2 capture): the prompt exactly as scored, built by ``hpr.tasks.context``
+  (BBQ/SEQ: BIG-bench's formatted ``inputs`` with the choices appended; ToxiGen: the wrapped
+  statement); for TruthfulQA the plain question (no primer). The answer is the raw choice text
+  (``Yes``/``No`` or the answer string), no letters. The dataset is ``hpr.records.dataset_of``:
+  ``Record.meta["dataset"]`` if set, else the id prefix ``"<dataset>-"`` that ``hpr.data`` gives.
 
 ``encode`` turns ``(prompt, answer)`` into token ids: with the tokenizer's chat template when it
 has one (user message = the prompt, assistant message = the answer), else plain text
@@ -23,7 +28,7 @@ from typing import Any
 
 from .errors import DataError, ParameterError
 from .io import stable_hash
-from .records import Record
+from .records import Record, dataset_of
 
 #: ``(record, choice index, seed) -> (prompt text, answer text)``.
 PromptFormat = Callable[[Record, int, int], tuple[str, str]]
@@ -68,7 +73,21 @@ def qa(record: Record, choice: int, seed: int = 0) -> tuple[str, str]:
     return f"Q: {record.prompt.strip()}\nA:", record.choices[choice].strip()
 
 
-PROMPT_FORMATS: dict[str, PromptFormat] = {"mc-letter": mc_letter, "qa": qa}
+def task(record: Record, choice: int, seed: int = 0) -> tuple[str, str]:
+    """The task's scored prompt (``hpr.tasks.context``; TruthfulQA: the plain question) and the raw
+    choice text. ``ParameterError`` when the record's dataset is unknown (see ``dataset_of``)."""
+    from .tasks import DATASETS, context
+
+    name = dataset_of(record)
+    if name not in DATASETS:
+        raise ParameterError(f"prompt format 'task' cannot tell the dataset of record {record.id!r} (got "
+                             f"{name!r}); set meta['dataset'] or use ids '<dataset>-...' with one of "
+                             f"{', '.join(DATASETS)}")
+    prompt = record.prompt.strip() if name == "truthfulqa" else context(name, record)
+    return prompt, record.choices[choice]
+
+
+PROMPT_FORMATS: dict[str, PromptFormat] = {"mc-letter": mc_letter, "qa": qa, "task": task}
 DEFAULT_FORMAT = "mc-letter"
 
 
@@ -150,4 +169,5 @@ __all__ = [
     "letters",
     "mc_letter",
     "qa",
+    "task",
 ]

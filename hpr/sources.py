@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from .errors import DataError
 
 @dataclass
 class Item:
-    """One parsed example before splitting: ``correct`` indexes ``choices``; ``best`` is MC1's."""
+    """One parsed example before splitting: ``correct`` indexes ``choices``; ``best``, ``mc1`` and
+    ``mc2`` are TruthfulQA's (see ``hpr.records.Record``)."""
 
     key: str  # stable id suffix, from file order
     prompt: str
@@ -29,6 +30,7 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
     best: int | None = None
     mc1: list[int] | None = None
+    mc2: list[int] | None = None
 
 
 @dataclass
@@ -127,7 +129,8 @@ def _dedupe(xs: Iterable[str]) -> list[str]:
 def truthful_item(
     key: str, question: str, true: Iterable[str], false: Iterable[str], best: str | None, meta: dict[str, Any]
 ) -> Item | str:
-    """MC2 choices (true then false answers), MC1 = best answer + false answers; or a skip reason."""
+    """MC2 choices (true then false answers), MC1 = best answer + all false answers (used when no MC1
+    set is given: questions.json alone, TruthfulQA.csv); or a skip reason."""
     t = _dedupe(true)
     if best and best.strip() and best.strip() not in t:
         t.insert(0, best.strip())
@@ -136,11 +139,56 @@ def truthful_item(
         return "no correct answer" if not t else "no incorrect answer"
     b = t.index(best.strip()) if best and best.strip() else 0
     falses = list(range(len(t), len(t) + len(f)))
-    return Item(key, question.strip(), t + f, list(range(len(t))), meta, b, [b, *falses])
+    return Item(key, question.strip(), t + f, list(range(len(t))), meta, b, [b, *falses], list(range(len(t) + len(f))))
 
 
-def parse_truthfulqa_questions(path: Path) -> Parsed:
-    """BIG-bench ``truthful_qa/questions.json`` (Question, Category, True/False answers, Best answer)."""
+def mc_sets_item(key: str, question: str, true: Iterable[str], false: Iterable[str], best: str | None,
+                 mc1_false: Iterable[str], meta: dict[str, Any]) -> Item | str:
+    """A TruthfulQA question from its two canonical choice sets; or a skip reason.
+
+    MC2 = ``true`` + ``false`` exactly (``mc2_targets``); MC1 = ``best`` + ``mc1_false``
+    (``mc1_targets``). ``choices`` = MC2's answers, then MC1 answers MC2 lacks (so ``mc2`` is
+    ``0..len(mc2)-1``); ``correct`` = MC2's true answers, plus ``best`` if MC2 lacks it.
+    """
+    t = _dedupe(true)
+    f = [x for x in _dedupe(false) if x not in t]
+    if not t or not f:
+        return "no correct answer" if not t else "no incorrect answer"
+    choices = t + f
+    mc2 = list(range(len(choices)))
+    b = best.strip() if best and best.strip() else t[0]
+    wrong = [x for x in _dedupe(mc1_false) if x != b]
+    for c in (b, *wrong):
+        if c not in choices:
+            choices.append(c)
+    correct = list(range(len(t))) + ([choices.index(b)] if b not in t else [])
+    return Item(key, question.strip(), choices, correct, meta, choices.index(b),
+                [choices.index(b), *(choices.index(c) for c in wrong)], mc2)
+
+
+def mc1_sets(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """BIG-bench ``truthful_qa/task_mc.json``: question -> (best answer, MC1's incorrect answers);
+    ``target_scores`` label 1 marks the best answer (these are TruthfulQA's ``mc1_targets``)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for i, e in enumerate(_examples(read_json(path), path, "target_scores")):
+        ts = e.get("target_scores")
+        if not isinstance(e.get("input"), str) or not isinstance(ts, dict):
+            raise _bad_example(path, i, "'input' must be a string and 'target_scores' an object")
+        pairs = _targets(ts, path, i)
+        best = [c for c, lab in pairs if lab == 1]
+        if len(best) != 1:
+            raise _bad_example(path, i, f"MC1 needs exactly one answer labelled 1, found {len(best)}")
+        out[e["input"].strip()] = (best[0], [c for c, lab in pairs if lab != 1])
+    return out
+
+
+def parse_truthfulqa_questions(path: Path, task_mc: Path | None = None) -> Parsed:
+    """BIG-bench ``truthful_qa/questions.json`` (Question, Category, True/False answers, Best answer).
+
+    With ``task_mc`` (BIG-bench's ``task_mc.json``, joined by question text) MC1 is its canonical
+    set (``mc_sets_item``); without it, MC1 = best answer + every false answer (``truthful_item``).
+    """
+    mc1 = mc1_sets(task_mc) if task_mc is not None else {}
     out = Parsed([])
     for i, e in enumerate(_examples(read_json(path), path, "Question")):
         if not isinstance(e["Question"], str) or not _str_list(e.get("True answers", [])) \
@@ -148,8 +196,13 @@ def parse_truthfulqa_questions(path: Path) -> Parsed:
             raise _bad_example(path, i, "'Question' and 'Best answer' must be strings, 'True answers' and "
                                "'False answers' lists of strings")
         meta = {"category": e.get("Category", "")}
-        it = truthful_item(str(i), e["Question"], e.get("True answers", []), e.get("False answers", []),
-                           e.get("Best answer"), meta)
+        got = mc1.get(e["Question"].strip())
+        if got is not None:
+            it = mc_sets_item(str(i), e["Question"], e.get("True answers", []), e.get("False answers", []),
+                              got[0], got[1], meta)
+        else:
+            it = truthful_item(str(i), e["Question"], e.get("True answers", []), e.get("False answers", []),
+                               e.get("Best answer"), meta)
         _add(out, it, path, i)
     return out
 
@@ -192,22 +245,14 @@ def _targets(t: Any, path: Path, i: int) -> list[tuple[str, int]]:
 
 def mc_targets_item(key: str, question: str, mc1: Any, mc2: Any, path: Path, i: int,
                     meta: dict[str, Any]) -> Item | str:
-    """A TruthfulQA question from its mc1/mc2 targets (MC2 choices; MC1 best answer + its wrong ones)."""
+    """A TruthfulQA question from its ``mc1_targets``/``mc2_targets`` (``mc_sets_item``)."""
     if not isinstance(question, str):
         raise _bad_example(path, i, "the question must be a string")
     t2 = _targets(mc2, path, i)
     t1 = _targets(mc1, path, i)
-    true = [c for c, lab in t2 if lab == 1]
-    false = [c for c, lab in t2 if lab != 1]
     best = next((c for c, lab in t1 if lab == 1), None)
-    it = truthful_item(key, question, true, false, best, meta)
-    if isinstance(it, Item):  # MC1's wrong answers, added if MC2 lacks them
-        mc1_false = [c for c, lab in t1 if lab != 1]
-        for c in mc1_false:
-            if c.strip() and c.strip() not in it.choices:
-                it.choices.append(c.strip())
-        it.mc1 = [it.best or 0, *(it.choices.index(c.strip()) for c in _dedupe(mc1_false))]
-    return it
+    return mc_sets_item(key, question, [c for c, lab in t2 if lab == 1], [c for c, lab in t2 if lab != 1],
+                        best, [c for c, lab in t1 if lab != 1], meta)
 
 
 def parse_mc_task(path: Path) -> Parsed:
@@ -226,7 +271,8 @@ def parse_mc_task(path: Path) -> Parsed:
 
 
 def parse_bigbench_task(path: Path, meta: dict[str, Any] | None = None) -> Parsed:
-    """A BIG-bench multiple-choice ``task.json``: choices from ``target_scores`` (score 1 = correct)."""
+    """A BIG-bench multiple-choice ``task.json``: choices from ``target_scores`` (score 1 = correct),
+    in file order; the prompt is ``input`` verbatim (BIG-bench's formatting keeps its whitespace)."""
     out = Parsed([])
     for i, e in enumerate(_examples(read_json(path), path, "target_scores")):
         scores = e["target_scores"]
@@ -248,7 +294,29 @@ def parse_bigbench_task(path: Path, meta: dict[str, Any] | None = None) -> Parse
             continue
         best = correct[0] if len(correct) == 1 else None
         mc1 = [best, *(j for j in range(len(choices)) if j != best)] if best is not None else None
-        out.items.append(Item(str(i), str(e["input"]).strip(), choices, correct, m, best, mc1))
+        out.items.append(Item(str(i), str(e["input"]), choices, correct, m, best, mc1))
+    return out
+
+
+# ---------------------------------------------------------------- Hugging Face hub rows
+def toxigen_label(row: Mapping[str, Any]) -> int:
+    """lm-eval's ToxiGen target: 1 (hateful) when ``toxicity_ai + toxicity_human > 5.5``, else 0."""
+    try:
+        return int(float(row["toxicity_ai"]) + float(row["toxicity_human"]) > 5.5)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"ToxiGen row lacks numeric toxicity_ai/toxicity_human ({exc}); use "
+                        "skg/toxigen-data, config 'annotated'") from exc
+
+
+def parse_toxigen_rows(rows: Sequence[Mapping[str, Any]], split: str) -> Parsed:
+    """``skg/toxigen-data``/``annotated`` rows (``text``, ``toxicity_ai``, ``toxicity_human``,
+    ``target_group``): choices ``No``/``Yes``, labelled as lm-eval does. Keys ``<split>-<row>``."""
+    out = Parsed([])
+    for i, r in enumerate(rows):
+        y = toxigen_label(r)
+        out.items.append(Item(f"{split}-{i}", str(r.get("text", "")).strip(), ["No", "Yes"], [y],
+                              {"target_group": str(r.get("target_group") or ""),
+                               "label": "hate" if y else "neutral", "hub_split": split}))
     return out
 
 

@@ -16,6 +16,8 @@ from hpr import bigbench, data, sources
 from hpr.errors import DataError
 from hpr.records import Record
 
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
 TQA = {
     "canary": "x",
     "examples": [
@@ -256,8 +258,8 @@ def test_hub_rows_converted(monkeypatch: pytest.MonkeyPatch) -> None:
                                  {"text": "u", "target_group": "g", "toxicity_ai": 1.0, "toxicity_human": 2.0}]}
     monkeypatch.setattr(data, "_hub_rows", lambda path, config, split: rows[path])
     (r,) = data.load_dataset("truthfulqa", source="hub").records
-    assert r.choices == ("a", "c", "b") and r.correct == (0, 1) and r.mc1 == (0, 2)
-    t, u = data.load_dataset("toxigen", source="hub").records
+    assert r.choices == ("a", "c", "b") and r.correct == (0, 1) and r.mc1 == (0, 2) and r.mc2 == (0, 1, 2)
+    t, u, *_ = data.load_dataset("toxigen", source="hub").records  # train rows, then test rows
     assert t.correct == (1,) and u.correct == (0,) and t.meta["target_group"] == "g"
 
 
@@ -315,3 +317,38 @@ def test_fetch_bigbench_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(bigbench, "_sdist_url", lambda: (tmp_path / "missing.tar.gz").as_uri())
     with pytest.raises(DataError, match="cannot download bigbench==1.0.0 .*--data-dir / HPR_DATA_DIR"):
         bigbench.fetch_bigbench()
+
+
+# ---------------------------------------------------------------- TruthfulQA MC1/MC2 sets
+def test_truthfulqa_task_mc_join(tmp_path: Path) -> None:
+    bb = write_bigbench(tmp_path)
+    mc = {"examples": [{"input": "Q0?", "target_scores": {"T1": 1, "F1": 0, "F9": 0}},
+                       {"input": "Q1?", "target_scores": {"Best not listed": 1, "B": 0}}]}
+    (bb / "truthful_qa" / "task_mc.json").write_text(json.dumps(mc))
+    with pytest.warns(UserWarning):
+        r0, r1 = data.load_dataset("truthfulqa", data_dir=tmp_path).records
+    # MC2 = questions.json's true + false answers; F9 (MC1 only) is appended outside MC2
+    assert r0.choices == ("T0", "T1", "F0", "F1", "F9") and r0.mc2 == (0, 1, 2, 3) and r0.correct == (0, 1)
+    assert [r0.choices[i] for i in r0.mc1] == ["T1", "F1", "F9"] and r0.best == 1
+    # a best answer MC2 lacks is correct but outside MC2
+    assert r1.choices == ("A", "B", "Best not listed") and r1.mc2 == (0, 1) and r1.correct == (0, 2)
+    assert r1.mc1 == (2, 1)
+
+
+@pytest.mark.skipif(not (SHARED / "bigbench" / "truthful_qa" / "task_mc.json").is_file(),
+                    reason="no ../shared/data/bigbench")
+def test_truthfulqa_mc_sets_real() -> None:
+    tq = SHARED / "bigbench" / "truthful_qa"
+    mc1 = {e["input"]: e["target_scores"] for e in json.loads((tq / "task_mc.json").read_text())["examples"]}
+    qs = {e["Question"]: e for e in json.loads((tq / "questions.json").read_text())["examples"]}
+    recs = data.load_dataset("truthfulqa", data_dir=SHARED).records
+    assert len(recs) == 299
+    differs = 0
+    for r in recs:
+        ts, q = mc1[r.prompt], qs[r.prompt]
+        assert [r.choices[i] for i in r.mc1] == [c.strip() for c in ts if ts[c] == 1] + \
+            [c.strip() for c in ts if ts[c] != 1]  # best first, then MC1's wrong answers
+        assert set(r.choices[i] for i in r.mc2) == {a.strip() for a in q["True answers"] + q["False answers"]}
+        assert {r.choices[i] for i in r.correct if i in r.mc2} == {a.strip() for a in q["True answers"]}
+        differs += set(r.choices[i] for i in r.mc1[1:]) != {a.strip() for a in q["False answers"]}
+    assert differs == 72  # the old MC1 (best + every false answer) was wrong on these

@@ -40,13 +40,24 @@ def _tqa() -> Record:
 def test_predict_truthfulqa() -> None:
     row = predict("truthfulqa", _tqa(), [-1.0, -2.0, -3.0, -2.5])
     # MC1 compares only b, c, d: b wins; the overall argmax (a) is a true answer too
-    assert row["chosen"] == 1 and row["correct"] is True and row["acc"] is True
+    assert row["chosen"] == 1 and row["correct"] is True and row["mc2_top1"] is True and "acc" not in row
     p = np.exp([-1.0, -2.0, -3.0, -2.5])
     assert row["mc2"] == pytest.approx(p[:2].sum() / p.sum())
     row = predict("truthfulqa", _tqa(), [-1.0, -2.0, -2.0, -2.5])  # tie: first (the best) wins
     assert row["chosen"] == 1 and row["correct"] is True
     row = predict("truthfulqa", _tqa(), [-9.0, -2.0, -1.0, -2.5])
-    assert row["chosen"] == 2 and row["correct"] is False and row["acc"] is False
+    assert row["chosen"] == 2 and row["correct"] is False and row["mc2_top1"] is False
+
+
+def test_predict_truthfulqa_mc2_over_exactly_mc2() -> None:
+    # MC2 = a (true), b (true), c (false); d is an MC1-only wrong answer outside MC2
+    rec = Record("t", "Q?", ("a", "b", "c", "d"), (0, 1), best=0, mc1=(0, 3), mc2=(0, 1, 2))
+    ll = [-2.0, -3.0, -2.5, -0.5]
+    row = predict("truthfulqa", rec, ll)
+    p = np.exp(ll[:3])
+    assert row["mc2"] == pytest.approx(p[:2].sum() / p.sum())  # d not in the denominator
+    assert row["chosen"] == 3 and row["correct"] is False  # MC1 over a, d only: d wins
+    assert row["mc2_top1"] is True  # argmax over a, b, c is a (true), though d is the overall argmax
 
 
 def test_predict_accuracy_and_summary() -> None:
@@ -61,9 +72,10 @@ def test_predict_accuracy_and_summary() -> None:
 
 
 def test_summary_truthfulqa() -> None:
-    rows = [{"correct": True, "mc2": 0.8, "acc": True}, {"correct": False, "mc2": 0.4, "acc": True}]
+    rows = [{"correct": True, "mc2": 0.8, "mc2_top1": True}, {"correct": False, "mc2": 0.4, "mc2_top1": True}]
     s = summarize("truthfulqa", rows)
-    assert s["mc1"]["value"] == 0.5 and s["mc2"]["value"] == pytest.approx(0.6) and s["acc"]["value"] == 1.0
+    assert set(s) == {"mc1", "mc2", "mc2_top1"}
+    assert s["mc1"]["value"] == 0.5 and s["mc2"]["value"] == pytest.approx(0.6) and s["mc2_top1"]["value"] == 1.0
     assert s["mc2"]["stderr"] == pytest.approx(np.std([0.8, 0.4], ddof=1) / math.sqrt(2))
 
 
