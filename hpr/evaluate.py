@@ -88,19 +88,29 @@ def score_records(
     engine: str = "native",
     batch_size: int = 16,
     progress: bool = True,
+    add_bos: bool | None = None,
 ) -> tuple[list[list[float]], dict[str, Any]]:
-    """Per-record, per-choice log-likelihoods with ``engine``; second value: engine extras."""
+    """Per-record, per-choice log-likelihoods with ``engine``; second value: engine extras.
+
+    ``add_bos``: ``None`` the tokenizer's default, ``False`` no BOS, ``True`` exactly one BOS
+    (``hpr.scoring.tok_encode``).
+    """
     tasks.check_dataset(dataset)
     if engine == "native":
         reqs = [tasks.request(dataset, r) for r in records]
         with scoring.count_tokens(model) as count:
-            ll = scoring.score(model, tokenizer, reqs, method=method, batch_size=batch_size, progress=progress)
+            ll = scoring.score(
+                model, tokenizer, reqs, method=method, batch_size=batch_size, progress=progress,
+                add_bos=add_bos,
+            )
         return ll, {"tokens": count.tokens, "model_calls": count.calls}
     if engine == "lm-eval":
         from . import lmeval
 
         with scoring.count_tokens(model) as count:
-            ll, summary = lmeval.run(model, tokenizer, dataset, records, method=method, batch_size=batch_size)
+            ll, summary = lmeval.run(
+                model, tokenizer, dataset, records, method=method, batch_size=batch_size, add_bos=add_bos
+            )
         return ll, {"tokens": count.tokens, "model_calls": count.calls, "lm_eval": summary}
     raise ParameterError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
@@ -119,13 +129,15 @@ def evaluate(
     force: bool = False,
     progress: bool = True,
     timings: Mapping[str, float] | None = None,
+    add_bos: bool | None = None,
 ) -> dict[str, Any]:
     """Score ``records``, write predictions and results into ``out_dir``; return the results.
 
     ``timings`` (e.g. ``{"load_s": ...}``) are added to the measured scoring time.
-    ``config`` (model, split, method name, editors dir, seed, limit, ...) is stored in the
-    results together with dataset, engine, batch size and the record ids' hash; a finished run
-    with an equal config is returned as is unless ``force``.
+    ``add_bos``: ``None`` the tokenizer's default (lm-eval's), ``False`` no BOS (the authors'
+    scoring), ``True`` exactly one BOS. ``config`` (model, split, method name, editors dir, seed,
+    limit, ...) is stored in the results together with dataset, engine, batch size, ``add_bos``
+    and the records' hash; a finished run with an equal config is returned as is unless ``force``.
     """
     if not records:
         raise ParameterError(f"no {dataset} records to evaluate; check the split and --limit")
@@ -136,6 +148,7 @@ def evaluate(
         "dataset": dataset,
         "engine": engine,
         "batch_size": batch_size,
+        "add_bos": add_bos,
         "n": len(records),
         "records_hash": io.stable_hash([r.to_dict() for r in records]),
     }
@@ -145,7 +158,8 @@ def evaluate(
         return done
     t0 = time.perf_counter()
     ll, extra = score_records(
-        model, tokenizer, dataset, records, method=method, engine=engine, batch_size=batch_size, progress=progress
+        model, tokenizer, dataset, records, method=method, engine=engine, batch_size=batch_size,
+        progress=progress, add_bos=add_bos,
     )
     score_s = time.perf_counter() - t0
     rows: list[Mapping[str, Any]] = [metrics.predict(dataset, r, x) for r, x in zip(records, ll, strict=True)]

@@ -1,28 +1,42 @@
-"""lm-evaluation-harness integration: an edited model as an lm-eval ``LM``, and our tasks.
+"""lm-evaluation-harness integration: an edited model as an lm-eval ``LM``, and our records as tasks.
 
 ``as_lm_eval(model, tokenizer, method)`` wraps a loaded model as lm-eval's ``HFLM`` whose every
-forward pass runs inside ``method.apply(model)``; ``task_manager()`` knows the task YAMLs
-shipped in ``hpr/tasks`` (``hpr.tasks.TASKS``). So::
+forward pass runs inside ``method.apply(model)``. ``task_specs(dataset)`` lists the lm-eval tasks
+of a dataset for ``simple_evaluate``:
+
+- TruthfulQA: lm-eval's own ``truthfulqa_mc1`` and ``truthfulqa_mc2`` configurations (prompt,
+  choices, target, and ``process_results``, i.e. lm-eval's MC2 code), with only the dataset
+  source replaced: the documents are our records in the hub's ``truthful_qa`` row layout
+  (``hpr.tasks.truthfulqa_doc``), named ``hpr_truthfulqa_mc1``/``hpr_truthfulqa_mc2``.
+- ToxiGen, BBQ, simple ethical questions: the task YAMLs in ``hpr/tasks`` (our prompts).
+
+So::
 
     lm = as_lm_eval(model, tok, editors)
-    lm_eval.simple_evaluate(model=lm, tasks=["hpr_truthfulqa_mc1"], task_manager=task_manager())
+    lm_eval.simple_evaluate(model=lm, tasks=task_specs("truthfulqa"), task_manager=task_manager())
 
-scores the edited model on our records without the hub. ``run(...)`` does that for a list of
-records and returns per-record, per-choice log-likelihoods in ``Record.choices`` order.
+scores the edited model on our records without the hub (documents from ``hpr.tasks.provide``, else
+``hpr.data.load_split``). ``run(...)`` does that for a list of records and returns per-record,
+per-choice log-likelihoods in ``Record.choices`` order and lm-eval's own aggregated metrics.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from . import tasks
+from . import scoring, tasks
 from .errors import DataError
 from .records import Record
+
+#: Our TruthfulQA task name -> the lm-eval task whose configuration it reuses.
+TRUTHFULQA_TASKS = {"hpr_truthfulqa_mc1": "truthfulqa_mc1", "hpr_truthfulqa_mc2": "truthfulqa_mc2"}
 
 
 def offline() -> None:
@@ -31,17 +45,29 @@ def offline() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def as_lm_eval(model: nn.Module, tokenizer: Any, method: Any = None, batch_size: int = 8) -> Any:
+def as_lm_eval(
+    model: nn.Module, tokenizer: Any, method: Any = None, batch_size: int = 8, add_bos: bool | None = None
+) -> Any:
     """An lm-eval ``HFLM`` over ``model`` whose forward passes are edited by ``method``.
 
     ``method``: anything with an ``apply(model)`` context manager (``hpr.EditorSet``, the
-    baselines); ``None`` scores the model as is.
+    baselines); ``None`` scores the model as is. ``add_bos`` is HFLM's ``add_bos_token``
+    (``None``: the tokenizer's default; ``False``: no special tokens). HFLM's ``True`` only asks
+    the tokenizer for its special tokens, which holds no BOS for many tokenizers (GPT-2 style);
+    here ``True`` also puts a BOS in front when missing, as ``hpr.scoring.tok_encode`` does.
     """
     offline()
     from lm_eval.models.huggingface import HFLM
 
     class EditedHFLM(HFLM):  # type: ignore[misc]
         """HFLM that runs every model call inside ``method.apply(model)``."""
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None,
+                       left_truncate_len: int | None = None, **kwargs: Any) -> list[int]:
+            ids = super().tok_encode(string, add_special_tokens, None, **kwargs)
+            if add_bos and add_special_tokens is not False:
+                ids = scoring.ensure_bos(self.tokenizer, ids)
+            return ids[-left_truncate_len:] if left_truncate_len else ids
 
         def _model_call(self, *args: Any, **kwargs: Any) -> Any:
             if method is None:
@@ -56,22 +82,83 @@ def as_lm_eval(model: nn.Module, tokenizer: Any, method: Any = None, batch_size:
                 return super()._model_generate(*args, **kwargs)
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return EditedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return EditedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos)
 
 
-def task_manager(metadata: dict[str, Any] | None = None) -> Any:
-    """An lm-eval ``TaskManager`` that also knows the tasks in ``hpr/tasks``."""
+def lm_eval_tasks_dir() -> Path:
+    """The folder of lm-eval's own task YAMLs (``lm_eval/tasks``)."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).resolve().parent
+
+
+def task_manager(metadata: dict[str, Any] | None = None, include_defaults: bool = False) -> Any:
+    """An lm-eval ``TaskManager`` over lm-eval's TruthfulQA tasks and the YAMLs in ``hpr/tasks``.
+
+    ``include_defaults=True`` also indexes every lm-eval task (slow: all of lm-eval's YAMLs).
+    """
     offline()
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(tasks.TASKS_DIR), metadata=metadata)
+    paths = [str(lm_eval_tasks_dir() / "truthfulqa"), str(tasks.TASKS_DIR)]
+    return TaskManager(include_path=paths, include_defaults=include_defaults, metadata=metadata)
+
+
+def truthfulqa_config(name: str, manager: Any = None) -> dict[str, Any]:
+    """lm-eval's own configuration of ``TRUTHFULQA_TASKS[name]``, functions resolved, with only
+    the dataset source replaced: ``hpr.tasks.load_docs`` (our records) instead of the hub."""
+    if name not in TRUTHFULQA_TASKS:
+        raise DataError(f"unknown TruthfulQA task {name!r}; choose one of {', '.join(TRUTHFULQA_TASKS)}")
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    manager = manager or task_manager()
+    entry = manager.task_index.get(TRUTHFULQA_TASKS[name])
+    if entry is None or entry.yaml_path is None:
+        raise DataError(f"lm-eval has no task {TRUTHFULQA_TASKS[name]!r}; install lm-eval 0.4.13")
+    cfg = dict(load_yaml(entry.yaml_path, resolve_func=True))
+    cfg.pop("tag", None)  # our task is not one of lm-eval's ``truthfulqa`` group
+    meta = cfg.get("metadata")
+    cfg["metadata"] = {**(meta if isinstance(meta, dict) else {}), "lm_eval_yaml": str(entry.yaml_path)}
+    cfg.update(
+        task=name,
+        dataset_path=None,
+        dataset_name=None,
+        custom_dataset=tasks.load_docs,
+        dataset_kwargs={"hpr_dataset": "truthfulqa"},
+    )
+    return cfg
+
+
+def task_specs(dataset: str, manager: Any = None, mc2_only: bool = False) -> list[Any]:
+    """The ``tasks`` argument of ``simple_evaluate`` for ``dataset`` (names, or config dicts for
+    TruthfulQA); ``mc2_only`` keeps only TruthfulQA's MC2 task."""
+    tasks.check_dataset(dataset)
+    names = list(tasks.TASKS[dataset])
+    if dataset != "truthfulqa":
+        return names
+    if mc2_only:
+        names = ["hpr_truthfulqa_mc2"]
+    manager = manager or task_manager()
+    return [truthfulqa_config(n, manager) for n in names]
 
 
 def _per_doc(samples: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-    out = {}
-    for s in samples:
-        out[str(s["doc"]["id"])] = [float(r[0]) for r in s["filtered_resps"]]
-    return out
+    return {str(s["doc"]["id"]): [float(r[0]) for r in s["filtered_resps"]] for s in samples}
+
+
+def _truthfulqa_logliks(record: Record, per_task: dict[str, dict[str, list[float]]]) -> list[float]:
+    """Log-likelihoods over ``record.choices`` from the MC2 task's and the MC1 task's choices."""
+    ll = [math.nan] * len(record.choices)
+    parts = (("hpr_truthfulqa_mc2", tasks.mc2_indices(record)), ("hpr_truthfulqa_mc1", record.mc1 or ()))
+    for name, idx in parts:
+        if name in per_task:
+            for pos, i in enumerate(idx):
+                ll[i] = per_task[name][record.id][pos]
+    missing = [i for i, x in enumerate(ll) if math.isnan(x)]
+    if missing:
+        raise DataError(f"choices {missing} of {record.id!r} are in neither the MC1 nor the scored MC2 "
+                        "choices; run without mc2_only or fix the record's mc1/mc2 indices")
+    return ll
 
 
 def run(
@@ -83,40 +170,47 @@ def run(
     method: Any = None,
     batch_size: int = 8,
     mc2_only: bool = False,
+    add_bos: bool | None = None,
 ) -> tuple[list[list[float]], dict[str, Any]]:
     """Score ``records`` with lm-eval: per-record log-likelihoods over ``Record.choices``.
 
     Returns ``(logliks, lm_eval_results)``; the second holds lm-eval's own aggregated metrics
-    per task. For TruthfulQA the MC1 choices' log-likelihoods come from the MC1 task and the
-    others from the MC2 task (they score the same strings); ``mc2_only`` runs only the MC2 task,
-    whose choices include MC1's, at half the cost.
+    per task (for TruthfulQA computed by lm-eval's ``process_results``). For TruthfulQA the MC1
+    choices' log-likelihoods come from the MC1 task and the others from the MC2 task (they score
+    the same strings); ``mc2_only`` runs only the MC2 task, at half the cost, when its choices
+    cover all of ``Record.choices`` (else both run). ``add_bos``: see ``as_lm_eval``.
     """
     import lm_eval
 
     tasks.check_dataset(dataset)
-    names = list(tasks.TASKS[dataset])
-    if mc2_only and dataset == "truthfulqa":
-        names = ["hpr_truthfulqa_mc2"]
-    lm = as_lm_eval(model, tokenizer, method, batch_size=batch_size)
+    if mc2_only and any(len(set(tasks.mc2_indices(r))) < len(r.choices) for r in records):
+        mc2_only = False  # some MC1 choices are not MC2 choices: they need the MC1 task
+    manager = task_manager()
+    specs = task_specs(dataset, manager, mc2_only=mc2_only)
+    names = [s["task"] if isinstance(s, dict) else s for s in specs]
+    lm = as_lm_eval(model, tokenizer, method, batch_size=batch_size, add_bos=add_bos)
     with tasks.provide(dataset, records):
         res = lm_eval.simple_evaluate(
-            model=lm, tasks=names, task_manager=task_manager(), log_samples=True, bootstrap_iters=0
+            model=lm, tasks=specs, task_manager=manager, log_samples=True, bootstrap_iters=0
         )
     if res is None:
         raise DataError("lm-eval returned no results")
     per_task = {name: _per_doc(res["samples"][name]) for name in names}
-    out = []
-    for r in records:
-        if dataset == "truthfulqa":
-            ll = list(per_task["hpr_truthfulqa_mc2"][r.id])
-            assert r.mc1 is not None
-            for pos, i in enumerate(r.mc1 if "hpr_truthfulqa_mc1" in per_task else ()):
-                ll[i] = per_task["hpr_truthfulqa_mc1"][r.id][pos]
-        else:
-            ll = per_task[names[0]][r.id]
-        out.append(ll)
+    if dataset == "truthfulqa":
+        out = [_truthfulqa_logliks(r, per_task) for r in records]
+    else:
+        out = [per_task[names[0]][r.id] for r in records]
     summary = {name: {k: v for k, v in res["results"][name].items() if k != "alias"} for name in names}
     return out, summary
 
 
-__all__ = ["as_lm_eval", "offline", "run", "task_manager"]
+__all__ = [
+    "TRUTHFULQA_TASKS",
+    "as_lm_eval",
+    "lm_eval_tasks_dir",
+    "offline",
+    "run",
+    "task_manager",
+    "task_specs",
+    "truthfulqa_config",
+]

@@ -8,6 +8,9 @@ of its tokens given the context, exactly as lm-evaluation-harness computes it:
   continuation; the context is encoded alone, ``context + continuation`` is encoded whole, and
   the continuation tokens are the whole encoding after the context's length (``encode_pair``);
   the tokenizer adds its special tokens (BOS) unless the text starts with the BOS text.
+  ``add_bos`` changes that: ``None`` keeps the tokenizer's default (what lm-eval 0.4.13 does),
+  ``False`` adds no special tokens (the paper's authors scored without BOS), ``True`` makes the
+  ids start with exactly one BOS (prepended when the tokenizer adds none).
 - the model sees ``(context + continuation)[:-1]``; the last context position predicts the
   first continuation token.
 
@@ -60,16 +63,34 @@ def _prefix_id(tokenizer: Any) -> int | None:
     return bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
 
 
-def tok_encode(tokenizer: Any, text: str) -> list[int]:
-    """Encode like lm-eval's ``HFLM.tok_encode``: special tokens unless ``text`` starts with BOS."""
+def ensure_bos(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """``ids`` with the tokenizer's BOS id in front unless already there; ``ParameterError`` if the
+    tokenizer has no BOS token."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise ParameterError("add_bos=True but the tokenizer has no BOS token; use add_bos=None or False")
+    ids = list(ids)
+    return ids if ids[:1] == [bos] else [int(bos), *ids]
+
+
+def tok_encode(tokenizer: Any, text: str, add_bos: bool | None = None) -> list[int]:
+    """Encode like lm-eval's ``HFLM.tok_encode`` with ``add_bos_token=add_bos``.
+
+    ``None``: the tokenizer's special tokens; ``False``: none; ``True``: special tokens, then a
+    BOS in front if they hold none (``ensure_bos``). Text that starts with the BOS text gets no
+    added special tokens (as lm-eval).
+    """
     pid = _prefix_id(tokenizer)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if add_bos is None else {"add_special_tokens": add_bos}
     if pid is not None and text.startswith(tokenizer.decode(pid)):
         kwargs["add_special_tokens"] = False
-    return list(tokenizer.encode(text, **kwargs))
+    ids = list(tokenizer.encode(text, **kwargs))
+    return ensure_bos(tokenizer, ids) if add_bos else ids
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, add_bos: bool | None = None
+) -> tuple[list[int], list[int]]:
     """Context and continuation token ids, split as lm-eval's causal ``_encode_pair`` does."""
     if not context:
         raise DataError("a request has an empty context; every prompt needs some text")
@@ -77,19 +98,20 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tok_encode(tokenizer, context + continuation)
-    ctx = tok_encode(tokenizer, context)
+    whole = tok_encode(tokenizer, context + continuation, add_bos)
+    ctx = tok_encode(tokenizer, context, add_bos)
     return ctx, whole[len(ctx):]
 
 
-def encode_request(tokenizer: Any, request: Request) -> Encoded:
-    """Token ids of ``request``; ``DataError`` for a continuation with no tokens."""
+def encode_request(tokenizer: Any, request: Request, add_bos: bool | None = None) -> Encoded:
+    """Token ids of ``request`` (``add_bos`` as in ``tok_encode``); ``DataError`` for a continuation
+    with no tokens."""
     if not request.continuations:
         raise DataError(f"request {request.id!r} has no choices")
     ctx: list[int] | None = None
     conts = []
     for c in request.continuations:
-        cx, ct = encode_pair(tokenizer, request.context, c)
+        cx, ct = encode_pair(tokenizer, request.context, c, add_bos)
         if not ct:
             raise DataError(f"choice {c!r} of {request.id!r} has no tokens; remove empty choices")
         ctx = cx
@@ -224,23 +246,24 @@ def score(
     method: Any = None,
     batch_size: int = 16,
     progress: bool = True,
+    add_bos: bool | None = None,
 ) -> list[list[float]]:
     """Per-request, per-continuation log-likelihoods (nats, summed over continuation tokens).
 
     ``method``: anything with an ``apply(model)`` context manager (``None`` = the model as is);
     the whole scoring, shared prefix included, runs inside it. ``batch_size``: questions per
-    context pass and choices per continuation pass.
+    context pass and choices per continuation pass. ``add_bos``: see ``tok_encode``.
     """
     if batch_size < 1:
         raise ParameterError(f"batch_size must be at least 1, got {batch_size}")
-    encs = fit_lengths([encode_request(tokenizer, r) for r in requests], max_positions(model))
+    encs = fit_lengths([encode_request(tokenizer, r, add_bos) for r in requests], max_positions(model))
     if not encs:
         return []
     longest = max(len(e.context) + max(len(c) for c in e.continuations) for e in encs)
     window = _sliding_window(model)
     if window is not None and longest >= window:
         # A sliding-window cache drops old keys; fall back to full sequences (still exact).
-        return score_full(model, tokenizer, requests, method=method, progress=progress)
+        return score_full(model, tokenizer, requests, method=method, progress=progress, add_bos=add_bos)
     device = _device(model)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
@@ -297,12 +320,13 @@ def score_full(
     *,
     method: Any = None,
     progress: bool = False,
+    add_bos: bool | None = None,
 ) -> list[list[float]]:
     """Reference scorer: every continuation as its own full sequence, no cache, batch size 1."""
     device = _device(model)
     out = []
     with _method_ctx(method, model):
-        encs = fit_lengths([encode_request(tokenizer, r) for r in requests], max_positions(model))
+        encs = fit_lengths([encode_request(tokenizer, r, add_bos) for r in requests], max_positions(model))
         for enc in tqdm(encs, desc="scoring (full)", unit="q", disable=not progress):
             row = []
             for cont in enc.continuations:
@@ -322,6 +346,7 @@ __all__ = [
     "common_prefix",
     "count_tokens",
     "encode_pair",
+    "ensure_bos",
     "encode_request",
     "fit_lengths",
     "max_positions",

@@ -11,7 +11,17 @@ from hpr.architectures import fingerprint
 from hpr.editor import HPR, EditorSet
 from hpr.errors import DataError, ParameterError
 from hpr.records import Record
-from hpr.scoring import Request, common_prefix, count_tokens, encode_pair, score, score_full
+from hpr.scoring import (
+    Request,
+    common_prefix,
+    count_tokens,
+    encode_pair,
+    ensure_bos,
+    score,
+    score_full,
+    tok_encode,
+)
+from hpr.tiny import byte_tokenizer
 
 PRIMER = "Q: A shared primer, the same for every question.\nA: Yes, it is the same one.\n\n" * 2
 
@@ -89,6 +99,51 @@ def test_encode_pair_moves_trailing_space(tokenizer) -> None:
     ctx, cont = encode_pair(tokenizer, "Q: a\nA: ", "b")
     assert tokenizer.decode(ctx) == "Q: a\nA:"
     assert tokenizer.decode(cont) == " b"
+
+
+def _bos_tokenizer():
+    """The byte tokenizer, configured to add ``<bos>`` in front by default (as Llama's do)."""
+    from tokenizers import processors
+
+    tok = byte_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.bos_token_id)]
+    )
+    return tok
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_add_bos(adds_bos: bool) -> None:
+    """None: the tokenizer's default; False: no BOS; True: exactly one BOS at the start."""
+    tok = _bos_tokenizer() if adds_bos else byte_tokenizer()
+    bos = tok.bos_token_id
+    plain = list(tok.encode("Q: hi", add_special_tokens=False))
+    assert tok_encode(tok, "Q: hi") == ([bos] if adds_bos else []) + plain
+    assert tok_encode(tok, "Q: hi", add_bos=False) == plain
+    assert tok_encode(tok, "Q: hi", add_bos=True) == [bos] + plain
+    assert tok_encode(tok, "<bos>Q: hi", add_bos=True) == [bos] + plain  # BOS text: still one
+    for add_bos in (None, False, True):
+        ctx, cont = encode_pair(tok, "Q: hi\nA:", " yes", add_bos)
+        assert (ctx[0] == bos) == (add_bos is True or (add_bos is None and adds_bos))
+        assert tok.decode(cont) == " yes"
+
+
+def test_add_bos_changes_scores_and_prefix_sharing_stays_exact(tiny_model) -> None:
+    tok = _bos_tokenizer()
+    reqs = _requests(3)
+    runs = {b: score(tiny_model, tok, reqs, progress=False, add_bos=b) for b in (None, False, True)}
+    assert _maxdiff(runs[None], runs[True]) < 1e-6  # this tokenizer adds BOS by default
+    assert _maxdiff(runs[False], runs[True]) > 1e-3
+    for b in (False, True):
+        assert _maxdiff(runs[b], score_full(tiny_model, tok, reqs, add_bos=b)) < 1e-5
+
+
+def test_ensure_bos_needs_a_bos_token() -> None:
+    tok = byte_tokenizer()
+    assert ensure_bos(tok, [tok.bos_token_id, 5]) == [tok.bos_token_id, 5]
+    tok.bos_token = None
+    with pytest.raises(ParameterError, match="no BOS"):
+        ensure_bos(tok, [5])
 
 
 def test_common_prefix() -> None:
