@@ -2,14 +2,17 @@
 
 Per-head activations are the input of each block's attention output projection (the heads'
 outputs side by side, ``(batch, seq, H * head_dim)``), taken at the last token of
-``"Q: <question>\\nA: <answer>"`` for every answer of every training question (label 1 for a
-true answer). A logistic-regression probe per (layer, head) is fitted on the train split and
-ranked by accuracy on the val split; the top ``k`` heads are edited. Each edited head gets the
-mass-mean-shift direction ``mean(true) - mean(false)`` of its *train* activations (unit length)
-and the scale ``sigma``, the standard deviation of the train activations projected on it. At
-apply time ``alpha * sigma * direction`` is added to that head's slice at every position of
-every batch element (in ``generate()`` each new token once), computed in float32 and added in
-the model's dtype.
+``"Q: <question> A: <answer>"`` (honest_llama's ``utils.py`` format: one space, no newline) for
+every answer of every training question (label 1 for a true answer). A logistic-regression probe
+per (layer, head) is fitted on the train split and ranked by accuracy on the val split; the top
+``k`` heads are edited (``k``: ``default_k``, the paper's 48/1024 share of all heads, or a number,
+method name ``iti-k<K>``; it changes the fitted artifact). Each edited head gets the
+mass-mean-shift direction ``mean(true) - mean(false)`` of its **train** activations (unit length)
+and the scale ``sigma``, the standard deviation of the **train** activations projected on it: the
+validation split only ranks heads. At apply time ``alpha * sigma * direction`` is added to that
+head's slice at **every position** of every batch element (in ``generate()`` each new token once),
+computed in float32 and added in the model's dtype; ``alpha`` (default 15, method name
+``iti-<alpha>``) is chosen at load time and leaves the fitted artifact alone.
 
 Unlike the public ITI code, the shift is applied to the whole batch and every position (not
 only element 0 / the last token), nothing assumes fp16, and the statistics come from the train
@@ -55,8 +58,8 @@ def default_k(total_heads: int) -> int:
 
 
 def qa_text(question: str, answer: str) -> str:
-    """The ITI probing format ``"Q: <question>\\nA: <answer>"``."""
-    return f"Q: {question}\nA: {answer}"
+    """The ITI probing format of honest_llama (``utils.py: format_truthfulqa``): ``"Q: <question> A: <answer>"``."""
+    return f"Q: {question} A: {answer}"
 
 
 def qa_examples(records: Sequence[Record]) -> tuple[list[str], Tensor]:
@@ -184,7 +187,8 @@ def mass_mean_directions(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
     ``x``: ``(N, ..., hd)`` float activations, ``y``: ``(N,)`` labels. Returns ``directions``
     ``(..., hd)`` = normalized ``mean(x[y=1]) - mean(x[y=0])`` and ``sigma`` ``(...)`` = standard
-    deviation over all N of ``x`` projected on the direction.
+    deviation over all N of ``x`` projected on the direction (population, as honest_llama's
+    ``np.std`` in ``utils.py: get_interventions_dict``).
     """
     xf = x.float()
     pos, neg = xf[y == 1], xf[y == 0]
@@ -193,7 +197,7 @@ def mass_mean_directions(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     diff = pos.mean(0) - neg.mean(0)
     directions = diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     proj = (xf * directions).sum(-1)
-    return directions, proj.std(0)
+    return directions, proj.std(0, correction=0)
 
 
 class _AddShift:
@@ -327,9 +331,10 @@ def fit_iti(
     batch_size: int = 16,
     progress: bool = True,
 ) -> ITI:
-    """Fit ITI: probes on ``train``, heads ranked on ``val``, directions and scales from ``train``.
+    """Fit ITI: probes on ``train``, heads ranked on ``val``, directions and scales from ``train`` only.
 
-    ``k``: heads to edit (default ``default_k``); ``alpha``: strength stored as the default.
+    ``k``: heads to edit (default ``default_k``); ``alpha``: strength stored as the default (a load
+    option: ``ITI.load(..., alpha=)`` / ``with_alpha``). The edit covers every position.
     """
     h, hd, n_layers = num_heads(model), head_dim(model), num_layers(model)
     total = n_layers * h

@@ -220,7 +220,7 @@ def fit_lora(
     """
     from peft import get_peft_model_state_dict
 
-    from .diff import cosine_warmup
+    from .train import lr_schedule
 
     data = sft_examples(train, tokenizer, answers, prompt_format, seed, chat)
     vdata = sft_examples(val, tokenizer, answers, prompt_format, seed, chat) if val else []
@@ -238,7 +238,7 @@ def fit_lora(
         val_before = _val_loss(pm, vdata, batch_size, pad, device)
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_warmup(steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule("cosine", steps, 0.05))
         pm.train()
         losses: list[float] = []
         bar = tqdm(total=steps, desc="LoRA fine-tuning", disable=not progress)

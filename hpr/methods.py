@@ -3,18 +3,21 @@
 A method is applied with ``with method.apply(model): ...`` (the edit is removed on exit, also
 on exceptions), saved with ``save(dir)`` and loaded with ``Method.load(dir, model=...)``.
 
-``METHOD_NAMES`` lists the rows of the paper's Table 1; ``load_method(name, dir, model)`` loads
-any of them and ``fit_method(name, ...)`` trains the baselines (ITI, Diff, LoRA). HPR and
--AnglePred are trained by ``hpr.train``. Every saved method is a directory with ``config.json``
+``METHOD_NAMES`` lists the rows of the paper's Table 1 (plus ``diff-mse``, the prose reading of
+the Diff baseline beside the authors' ``diff``); ``load_method(name, dir, model)`` loads any of
+them and ``fit_method(name, ...)`` trains the baselines (ITI, Diff, LoRA). HPR and -AnglePred are
+trained by ``hpr.train``. ``parse_method`` reads the full method-name grammar (``iti-200-k48``). Every saved method is a directory with ``config.json``
 (format, method name, model fingerprint, options) and safetensors weights; nothing is pickled.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,10 +26,14 @@ from torch import nn
 from .architectures import fingerprint, same_model
 from .errors import EditorError, ParameterError
 
-#: The rows of the paper's Table 1, in order.
-METHOD_NAMES: tuple[str, ...] = ("base", "hpr", "hpr-noangle", "iti", "diff", "lora")
+#: The rows of the paper's Table 1, in order; ``diff`` is the authors' Diff design, ``diff-mse`` the prose one.
+METHOD_NAMES: tuple[str, ...] = ("base", "hpr", "hpr-noangle", "iti", "diff", "diff-mse", "lora")
 #: Methods that ``fit_method`` trains (HPR and -AnglePred are trained by ``hpr.train``).
-FITTABLE: tuple[str, ...] = ("iti", "diff", "lora")
+FITTABLE: tuple[str, ...] = ("iti", "diff", "diff-mse", "lora")
+#: Methods that edit HPR's top-k layers (``k`` applies to them).
+USES_K: tuple[str, ...] = ("hpr", "hpr-noangle", "diff", "diff-mse")
+#: Diff design of each Diff method name.
+DIFF_DESIGN = {"diff": "authors", "diff-mse": "mse"}
 CONFIG_FILE = "config.json"
 METHOD_FORMAT = "hpr-method/1"
 
@@ -61,8 +68,9 @@ class Base:
         return cls()
 
 
-def read_method_config(directory: str | Path, method: str) -> dict[str, Any]:
-    """Read ``directory/config.json`` of a saved ``method``; ``EditorError`` if unusable."""
+def read_method_config(directory: str | Path, method: str, also: Sequence[str] = ()) -> dict[str, Any]:
+    """Read ``directory/config.json`` of a saved ``method`` (or one of ``also``); ``EditorError``
+    if unusable."""
     d = Path(directory)
     path = d / CONFIG_FILE
     if not path.is_file():
@@ -74,7 +82,7 @@ def read_method_config(directory: str | Path, method: str) -> dict[str, Any]:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EditorError(f"{path} is not valid JSON ({exc}); train the {method} method again") from exc
-    if not isinstance(cfg, dict) or cfg.get("method") != method:
+    if not isinstance(cfg, dict) or cfg.get("method") not in (method, *also):
         found = cfg.get("method") if isinstance(cfg, dict) else None
         raise EditorError(
             f"{path} describes method {found!r}, not {method!r}; load it with "
@@ -97,8 +105,59 @@ def check_fingerprint(saved: dict[str, Any], model: nn.Module, method: str) -> N
 
 def _check_name(name: str) -> str:
     if name not in METHOD_NAMES:
-        raise ParameterError(f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)}")
+        raise ParameterError(f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)} "
+                             "(and iti-<alpha>, iti-k<heads>, iti-<alpha>-k<heads>)")
     return name
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed method name.
+
+    ``family``: a name of ``METHOD_NAMES``; ``load_options``: keywords for ``load_method`` (ITI:
+    ``alpha``); ``fit_options``: keywords for ``fit_method`` that change the fitted artifact (ITI:
+    ``k``, the number of heads); ``uses_k``: whether HPR's top-k layers apply (hpr, hpr-noangle,
+    diff, diff-mse); ``name``: the canonical name (``iti-15`` -> ``iti``).
+    """
+
+    family: str
+    load_options: dict[str, Any] = field(default_factory=dict)
+    fit_options: dict[str, Any] = field(default_factory=dict)
+    uses_k: bool = False
+    name: str = ""
+
+
+_ITI = re.compile(r"iti(?:-(?P<alpha>\d+(?:\.\d+)?))?(?:-k(?P<k>\d+))?")
+
+
+def parse_method(name: str) -> MethodSpec:
+    """Parse a method name: a ``METHOD_NAMES`` entry or ``iti[-<alpha>][-k<K>]``.
+
+    ``iti``: alpha 15 (``hpr.iti.DEFAULT_ALPHA``) and the scaled default K (``hpr.iti.default_k``);
+    ``iti-200``: alpha 200 (a load option: the same fitted heads); ``iti-k48``: K = 48 heads (a fit
+    option: another artifact); ``iti-200-k48``: both. ``iti-15`` is ``iti``.
+    """
+    if not isinstance(name, str):
+        raise ParameterError(f"a method name must be a string, got {type(name).__name__}")
+    if name in METHOD_NAMES and name != "iti":
+        return MethodSpec(name, uses_k=name in USES_K, name=name)
+    m = _ITI.fullmatch(name)
+    if m is None:
+        if name.startswith("iti"):
+            raise ParameterError(f"cannot read the ITI method name {name!r}; write iti[-<alpha>][-k<heads>], "
+                                 "e.g. iti, iti-200, iti-k48, iti-200-k48")
+        _check_name(name)
+        raise ParameterError(f"unknown method {name!r}")  # unreachable: _check_name raised
+    from .iti import DEFAULT_ALPHA
+
+    alpha = float(m["alpha"]) if m["alpha"] is not None else DEFAULT_ALPHA
+    fit: dict[str, Any] = {}
+    if m["k"] is not None:
+        if int(m["k"]) < 1:
+            raise ParameterError(f"method {name!r}: the number of ITI heads must be at least 1 (iti-k48)")
+        fit["k"] = int(m["k"])
+    canon = "iti" + (f"-{alpha:g}" if alpha != DEFAULT_ALPHA else "") + (f"-k{fit['k']}" if fit else "")
+    return MethodSpec("iti", {"alpha": alpha}, fit, False, canon)
 
 
 def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwargs: Any) -> EditMethod:
@@ -115,6 +174,8 @@ def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwa
         raise ParameterError(f"method {name!r} needs the directory it was saved in (got None)")
     if kwargs and name != "iti":
         raise ParameterError(f"method {name!r} takes no load options, got {sorted(kwargs)} (only iti: alpha)")
+    if name == "iti" and set(kwargs) - {"alpha"}:
+        raise ParameterError(f"iti takes only the load option alpha, got {sorted(kwargs)}")
     if name in ("hpr", "hpr-noangle"):
         from .editor import EditorSet
 
@@ -124,10 +185,10 @@ def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwa
         from .iti import ITI
 
         return ITI.load(directory, model, **kwargs)
-    if name == "diff":
+    if name in DIFF_DESIGN:
         from .diff import Diff
 
-        return Diff.load(directory, model, **kwargs)
+        return Diff.load(directory, model, design=DIFF_DESIGN[name])
     from .lora import LoRA
 
     return LoRA.load(directory, model, **kwargs)
@@ -145,7 +206,7 @@ def fit_method(
     dataset: str = "truthfulqa",
     **options: Any,
 ) -> EditMethod:
-    """Fit baseline ``name`` (iti, diff or lora) on ``train`` (model selection on ``val``).
+    """Fit baseline ``name`` (iti, diff, diff-mse or lora) on ``train`` (model selection on ``val``).
 
     ``train``/``val`` are lists of ``hpr.records.Record``. The fitted method is saved to ``out``
     (atomic writes) and returned. ``options`` are the method's hyperparameters (see
@@ -167,10 +228,13 @@ def fit_method(
         from .iti import fit_iti
 
         method = fit_iti(**common, **options)
-    elif name == "diff":
+    elif name in DIFF_DESIGN:
         from .diff import fit_diff
 
-        method = fit_diff(**common, **options)
+        if options.get("design", DIFF_DESIGN[name]) != DIFF_DESIGN[name]:
+            raise ParameterError(f"method {name!r} is Diff design {DIFF_DESIGN[name]!r}; drop design= "
+                                 f"or fit {'diff' if options['design'] == 'authors' else 'diff-mse'!r}")
+        method = fit_diff(**common, **{**options, "design": DIFF_DESIGN[name]})
     else:
         from .lora import fit_lora
 
@@ -181,6 +245,6 @@ def fit_method(
 
 
 __all__ = [
-    "METHOD_NAMES", "FITTABLE", "EditMethod", "Base", "load_method", "fit_method",
-    "read_method_config", "check_fingerprint",
+    "METHOD_NAMES", "FITTABLE", "USES_K", "EditMethod", "Base", "MethodSpec", "parse_method", "load_method",
+    "fit_method", "read_method_config", "check_fingerprint",
 ]

@@ -4,21 +4,34 @@ Per layer, with activations ``a`` of hidden size ``d`` (``hpr.capture``): the tr
 examples are the pairs ``(a_neg, a_pos)`` of ``Captured.pairs`` and, per batch of pairs, both
 members. Loss per layer = BCE(p(a), label) + MSE(theta(a), target), averaged over the batch's
 ``2 B`` activations: label 0 / target ``angle(a_neg, a_pos)`` (radians) for the negative of a
-pair, label 1 / target 0 for the positive. Defaults as the paper: AdamW, lr 5e-4, cosine
-schedule with 5% linear warmup, 5 epochs, batch 16 pairs.
+pair, label 1 / target 0 for the positive. AdamW, lr 5e-4, 5% warmup, 5 epochs, batch 16 pairs.
+
+The default ``TrainConfig`` (preset ``"authors"``) is how the authors' public code trains
+(github VinAIResearch/HPR, ``activation_editing/``): ``script/train_guidance_householder.sh``
+runs ``train_guidance.py`` (a ``transformers`` Trainer, ``trainer/trainer.py``) with lr 5e-4,
+``warmup_ratio 0.05``, 5 epochs, batch 16, ``evaluation_strategy epoch``,
+``load_best_model_at_end True`` and ``metric_for_best_model lr_acc`` (the probe accuracy of
+``model/guidance/householder.py: householder_evaluation_metrics``), and leaves the Trainer's
+defaults for the rest: ``lr_scheduler_type linear``, ``weight_decay 0.0``, ``max_grad_norm 1.0``
+(applied in ``trainer/trainer.py``'s training loop). So: a **linear** decay after the warmup (the
+paper's text says cosine), no weight decay, gradient clipping at 1.0, and the **best epoch** by
+mean validation probe accuracy over all layers. Preset ``"cosine"`` is this library's earlier
+reading of the paper's prose: cosine decay, weight decay 0.01, no clipping, the last epoch.
 
 All layers are trained together: their weights are stacked (``StackedHPR``, leading dimension
 L) and applied with batched matmuls, so one pass over the data per epoch trains L editors. The
-summed loss gives each layer exactly its own gradient, and AdamW is elementwise, so this equals
-L independent trainings with the same batches.
+summed loss gives each layer exactly its own gradient, AdamW is elementwise, and gradients are
+clipped per layer (each layer's own norm), so this equals L independent trainings with the same
+batches. (The authors train all layers as one Trainer model, so their clipping acts on the norm
+over all layers at once; per-layer clipping keeps the layers independent.)
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -33,20 +46,40 @@ from .kernels import angle_between
 from .prompts import DEFAULT_FORMAT
 from .records import Record
 
+SCHEDULES = ("linear", "cosine")
+KEEP = ("best", "last")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters (the paper's defaults). ``batch_size`` counts pairs."""
+    """Training hyper-parameters; the defaults are the authors' code (see the module docstring).
+
+    ``batch_size`` counts pairs; ``warmup`` is a fraction of all steps; ``schedule``: learning-rate
+    decay after the warmup, ``"linear"`` or ``"cosine"`` (``lr_schedule``); ``grad_clip``: maximum
+    gradient norm per layer (None: no clipping); ``keep``: ``"best"`` epoch by mean validation probe
+    accuracy over all layers, or ``"last"``. ``TRAIN_PRESETS`` / ``TrainConfig.preset(name)`` name
+    the two configurations.
+    """
 
     lr: float = 5e-4
     epochs: int = 5
     batch_size: int = 16
     warmup: float = 0.05
-    weight_decay: float = 0.01
+    weight_decay: float = 0.0
     angle_layers: int = 4
     seed: int = 0
     k: int = 5
     threshold: float = SHARED_THRESHOLD
+    schedule: str = "linear"
+    grad_clip: float | None = 1.0
+    keep: str = "best"
+
+    @staticmethod
+    def preset(name: str, **overrides: Any) -> TrainConfig:
+        """The named configuration (``"authors"`` or ``"cosine"``) with ``overrides`` applied."""
+        if name not in TRAIN_PRESETS:
+            raise ParameterError(f"unknown training preset {name!r}; known: {', '.join(TRAIN_PRESETS)}")
+        return replace(TRAIN_PRESETS[name], **overrides)
 
     def check(self) -> None:
         bad = []
@@ -58,12 +91,28 @@ class TrainConfig:
             bad.append(f"batch_size must be >= 1 (got {self.batch_size})")
         if not 0 <= self.warmup < 1:
             bad.append(f"warmup must be in [0, 1) (got {self.warmup})")
+        if self.weight_decay < 0:
+            bad.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
         if self.k < 1:
             bad.append(f"k must be >= 1 (got {self.k})")
         if not 0 < self.threshold <= 1:
             bad.append(f"threshold must be in (0, 1] (got {self.threshold})")
+        if self.schedule not in SCHEDULES:
+            bad.append(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            bad.append(f"grad_clip must be > 0 or None for no clipping (got {self.grad_clip})")
+        if self.keep not in KEEP:
+            bad.append(f"keep must be one of {KEEP} (got {self.keep!r})")
         if bad:
             raise ParameterError("invalid training parameters: " + "; ".join(bad))
+
+
+#: ``"authors"``: the authors' training script (the default); ``"cosine"``: the paper's prose reading
+#: this library used before (cosine decay, weight decay 0.01, no clipping, last epoch).
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "authors": TrainConfig(),
+    "cosine": TrainConfig(schedule="cosine", weight_decay=0.01, grad_clip=None, keep="last"),
+}
 
 
 class StackedHPR(nn.Module):
@@ -107,16 +156,54 @@ class StackedHPR(nn.Module):
         return e
 
 
-def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    warm = max(1, int(round(warmup * total))) if warmup > 0 else 0
+def lr_schedule(schedule: str, total: int, warmup: float = 0.05) -> Callable[[int], float]:
+    """Learning-rate factor of step ``step`` (0-based) for ``LambdaLR``; ``total`` steps in all.
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
+    ``"linear"``: ``transformers.get_linear_schedule_with_warmup`` (what the authors' Trainer
+    uses): ``ceil(warmup * total)`` warmup steps with factor ``step / warm`` (0 on the first
+    step), then a linear decay to 0 at ``total``. ``"cosine"``: ``round(warmup * total)`` (at
+    least 1) warmup steps with factor ``(step + 1) / warm``, then a half cosine to 0.
+    Used by HPR (``train``), Diff and LoRA.
+    """
+    if schedule == "linear":
+        warm = math.ceil(warmup * total)
+
+        def linear(step: int) -> float:
+            if step < warm:
+                return step / max(1, warm)
+            return max(0.0, (total - step) / max(1, total - warm))
+
+        return linear
+    if schedule != "cosine":
+        raise ParameterError(f"unknown learning-rate schedule {schedule!r}; use one of {SCHEDULES}")
+    cwarm = max(1, int(round(warmup * total))) if warmup > 0 else 0
+
+    def cosine(step: int) -> float:
+        if step < cwarm:
+            return (step + 1) / cwarm
+        progress = (step - cwarm) / max(1, total - cwarm)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return cosine
+
+
+@torch.no_grad()
+def clip_grad_norm_per_layer(params: Sequence[Tensor], max_norm: float, eps: float = 1e-6) -> Tensor:
+    """Clip the gradients of stacked parameters (leading dimension L) layer by layer, in place.
+
+    Layer ``j``'s gradient (``p.grad[j]`` of every ``p``) is scaled by ``min(1, max_norm / (n_j + eps))``
+    where ``n_j`` is its L2 norm: ``torch.nn.utils.clip_grad_norm_`` applied to each layer alone.
+    Returns the norms before clipping, ``(L,)``.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    n = grads[0].shape[0]
+    norms = torch.stack([g.reshape(n, -1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    coef = (max_norm / (norms + eps)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype).view(n, *([1] * (g.dim() - 1))))
+    return norms
 
 
 def _adamw(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -137,38 +224,53 @@ def pair_targets(cap: Captured, neg: Tensor, pos: Tensor, chunk: int = 8192) -> 
     return out
 
 
+def _pair_rows(cap: Captured, threshold: float) -> tuple[Tensor, Tensor]:
+    neg, pos = cap.pairs(threshold)
+    if len(neg) == 0:
+        raise DataError("the validation activations give no pairs; each question needs a correct "
+                        "and an incorrect answer")
+    return neg, pos
+
+
+@torch.no_grad()
+def probe_accuracy(model: StackedHPR, cap: Captured, threshold: float = SHARED_THRESHOLD,
+                   chunk: int = 2048) -> Tensor:
+    """Per-layer probe accuracy ``(L,)`` on the distinct rows of ``cap``'s pairs (answer tokens
+    outside the shared prefix); rows move to the model's device chunk by chunk."""
+    neg, pos = _pair_rows(cap, threshold)
+    dev = model.probe.device
+    rows = torch.unique(torch.cat([neg, pos]))
+    correct = torch.zeros(len(cap.layers))
+    for s in range(0, len(rows), chunk):
+        r = rows[s : s + chunk]
+        logits, _ = model(cap.data[:, r].to(dev, torch.float32))
+        correct += ((logits > 0).long().cpu() == cap.label[r]).float().sum(1)
+    return correct / len(rows)
+
+
 @torch.no_grad()
 def evaluate(model: StackedHPR, cap: Captured, threshold: float = SHARED_THRESHOLD,
              chunk: int = 2048) -> dict[str, Tensor]:
     """Per-layer validation metrics, each of shape ``(L,)``.
 
-    ``accuracy``: probe accuracy on the distinct rows of the pairs (answer tokens outside the
-    shared prefix); ``angle_error``: mean |theta - target| in radians over the pairs' negatives
-    (target angle(a_neg, a_pos)) and positives (target 0); ``loss``: the training loss.
+    ``accuracy``: ``probe_accuracy``; ``angle_error``: mean |theta - target| in radians over the
+    pairs' negatives (target angle(a_neg, a_pos)) and positives (target 0); ``loss``: the training loss.
     """
-    neg, pos = cap.pairs(threshold)
-    if len(neg) == 0:
-        raise DataError("the validation activations give no pairs; each question needs a correct "
-                        "and an incorrect answer")
+    neg, pos = _pair_rows(cap, threshold)
     target = pair_targets(cap, neg, pos)
     L = len(cap.layers)
-    rows = torch.unique(torch.cat([neg, pos]))
-    correct = torch.zeros(L)
-    for s in range(0, len(rows), chunk):
-        r = rows[s : s + chunk]
-        logits, _ = model(cap.data[:, r].float())
-        correct += ((logits > 0).long() == cap.label[r]).float().sum(1)
+    dev = model.probe.device
     err = torch.zeros(L)
     loss = torch.zeros(L)
     for s in range(0, len(neg), chunk):
-        n, p, t = neg[s : s + chunk], pos[s : s + chunk], target[:, s : s + chunk]
-        ln, tn = model(cap.data[:, n].float())
-        lp, tp = model(cap.data[:, p].float())
-        err += (tn - t).abs().sum(1) + tp.abs().sum(1)
+        n, p, t = neg[s : s + chunk], pos[s : s + chunk], target[:, s : s + chunk].to(dev)
+        ln, tn = model(cap.data[:, n].to(dev, torch.float32))
+        lp, tp = model(cap.data[:, p].to(dev, torch.float32))
+        err += ((tn - t).abs().sum(1) + tp.abs().sum(1)).cpu()
         loss += (F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln), reduction="none").sum(1)
                  + F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp), reduction="none").sum(1)
-                 + ((tn - t) ** 2).sum(1) + (tp**2).sum(1))
-    return {"accuracy": correct / len(rows), "angle_error": err / (2 * len(neg)),
+                 + ((tn - t) ** 2).sum(1) + (tp**2).sum(1)).cpu()
+    return {"accuracy": probe_accuracy(model, cap, threshold, chunk), "angle_error": err / (2 * len(neg)),
             "loss": loss / (2 * len(neg))}
 
 
@@ -180,7 +282,9 @@ def train(
     """Train one HPR editor per captured layer; return them with the top ``k`` selected.
 
     ``overrides`` set ``TrainConfig`` fields (``lr``, ``epochs``, ``batch_size``, ``seed``, ``k``,
-    ...). Selection uses the validation split's probe accuracy (the training split's when
+    ``schedule``, ``grad_clip``, ``keep``, ...). With ``keep="best"`` the probe accuracy is measured
+    after every epoch and the epoch with the highest mean over all layers is kept (the earliest
+    on ties; ``best_epoch`` and ``epoch_val_accuracy`` in ``config``). Selection uses the validation split's probe accuracy (the training split's when
     ``val_cap`` is None, recorded as ``val_source``). ``config`` of the result holds
     ``val_accuracy``, ``val_angle_error`` (radians) and ``val_loss`` per layer, ``loss_history``
     (per layer, mean training loss of each epoch, with its ``bce`` and ``mse`` parts), the
@@ -205,12 +309,16 @@ def train(
     target = target.to(dev)
     opt = _adamw(model, cfg)
     steps_per_epoch = math.ceil(len(neg) / cfg.batch_size)
-    sched = _schedule(opt, steps_per_epoch * cfg.epochs, cfg.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.schedule, steps_per_epoch * cfg.epochs,
+                                                               cfg.warmup))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: dict[str, list[list[float]]] = {"loss": [], "bce": [], "mse": []}
     data = train_cap.data
-    model.train()
+    eval_cap = val_cap if val_cap is not None else train_cap
+    epoch_acc: list[float] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
     for epoch in range(cfg.epochs):
+        model.train()
         perm = torch.randperm(len(neg), generator=gen)
         sums = {k: torch.zeros(L, device=dev) for k in history}
         bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"train epoch {epoch + 1}/{cfg.epochs}",
@@ -227,6 +335,8 @@ def train(
             loss = bce + mse
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
+            if cfg.grad_clip is not None:
+                clip_grad_norm_per_layer(list(model.parameters()), cfg.grad_clip)
             opt.step()
             sched.step()
             with torch.no_grad():
@@ -235,6 +345,14 @@ def train(
                 sums["mse"] += mse.detach() * b
         for k in history:
             history[k].append((sums[k] / len(neg)).tolist())
+        if cfg.keep == "best":
+            model.eval()
+            mean_acc = float(probe_accuracy(model, eval_cap, cfg.threshold).mean())
+            epoch_acc.append(mean_acc)
+            if best is None or mean_acc > best[0]:
+                best = (mean_acc, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best is not None:
+        model.load_state_dict(best[2])
     model.eval()
     val_source = "val" if val_cap is not None else "train"
     model = model.cpu()
@@ -263,6 +381,8 @@ def train(
         "val_pairs": int(len(val_cap.pairs(cfg.threshold)[0])) if val_cap is not None else None,
         "train_seconds": round(time.perf_counter() - t0, 2),
         "k": cfg.k,
+        "best_epoch": best[1] + 1 if best is not None else cfg.epochs,
+        "epoch_val_accuracy": epoch_acc or None,
         "use_angle": True,
     }
     fp = train_cap.meta.get("model") or {}
@@ -284,4 +404,7 @@ def train_from_model(
     return train(tr, va, dataset=dataset, progress=progress, k=k, seed=seed, **train_kw)
 
 
-__all__ = ["StackedHPR", "TrainConfig", "evaluate", "pair_targets", "train", "train_from_model"]
+__all__ = [
+    "StackedHPR", "TrainConfig", "TRAIN_PRESETS", "clip_grad_norm_per_layer", "evaluate", "lr_schedule",
+    "pair_targets", "probe_accuracy", "train", "train_from_model",
+]

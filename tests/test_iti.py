@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,12 +65,34 @@ def test_mass_mean_direction_and_scale():
     y = torch.tensor([1, 1, 0, 0])
     d, s = mass_mean_directions(x, y)
     assert torch.allclose(d, torch.tensor([1.0, 0.0]))
-    assert torch.isclose(s, torch.tensor([1.0, 3.0, -1.0, -3.0]).std())
+    assert torch.isclose(s, torch.tensor(float(np.std([1.0, 3.0, -1.0, -3.0]))))  # population std, as np.std
 
 
 def test_qa_examples_labels():
     texts, y = qa_examples(records(1))
-    assert texts[0] == "Q: Is 0 even?\nA: yes" and y.tolist() == [1, 0, 0]
+    assert texts == ["Q: Is 0 even? A: yes", "Q: Is 0 even? A: maybe", "Q: Is 0 even? A: never"]
+    assert y.tolist() == [1, 0, 0]
+
+
+def test_k_option_and_default(tiny_model, tokenizer):
+    m = fit_iti(model=tiny_model, tokenizer=tokenizer, train=records(8), val=records(4, 100), k=5, progress=False)
+    assert len(m.heads) == 5 and m.config["k"] == 5
+    d = fit_iti(model=tiny_model, tokenizer=tokenizer, train=records(8), val=records(4, 100), progress=False)
+    assert len(d.heads) == default_k(4 * 4) == 1
+
+
+def _raw_o_proj_inputs(model, tokenizer, texts, layer) -> np.ndarray:
+    """o_proj input at each text's last token, one text per forward pass: ``(N, H * head_dim)``."""
+    rows = []
+    proj = model.model.layers[layer].self_attn.o_proj
+    h = proj.register_forward_pre_hook(lambda _m, args: rows.append(args[0][0, -1].detach().numpy().copy()))
+    try:
+        with torch.no_grad():
+            for t in texts:
+                model(**tokenizer([t], return_tensors="pt"))
+    finally:
+        h.remove()
+    return np.stack(rows).astype(np.float64)
 
 
 def test_shift_at_every_position_of_every_element(fitted, tiny_model, tokenizer):
@@ -90,9 +113,26 @@ def test_shift_at_every_position_of_every_element(fitted, tiny_model, tokenizer)
     h.remove()
     h2.remove()
     delta = seen["after"] - seen["before"]
-    expected = fitted.shifts()[layer]
-    assert torch.allclose(delta, expected.expand_as(delta), atol=1e-6)
-    assert expected.abs().sum() > 0
+    # Expected shift from the raw train activations, with numpy: per edited head of this layer,
+    # alpha * std(x . u) * u with u the unit mass-mean difference (true - false).
+    texts, labels = [], []
+    for r in records(8):
+        for i, choice in enumerate(r.choices):
+            texts.append(f"Q: {r.prompt} A: {choice}")
+            labels.append(i in r.correct)
+    x, y = _raw_o_proj_inputs(tiny_model, tokenizer, texts, layer), np.array(labels)
+    hd = fitted.head_dim
+    expected = np.zeros(x.shape[1])
+    for la, head in fitted.heads:
+        if la != layer:
+            continue
+        xh = x[:, head * hd : (head + 1) * hd]
+        u = xh[y].mean(0) - xh[~y].mean(0)
+        u /= np.linalg.norm(u)
+        expected[head * hd : (head + 1) * hd] += 15.0 * np.std(xh @ u) * u
+    assert np.abs(expected).sum() > 0
+    exp_t = torch.tensor(expected, dtype=delta.dtype).expand_as(delta)
+    torch.testing.assert_close(delta, exp_t, rtol=1e-4, atol=1e-4)
 
 
 def test_apply_changes_and_restores_bit_for_bit(fitted, tiny_model, tokenizer):

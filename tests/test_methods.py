@@ -8,7 +8,7 @@ import torch
 from hpr.architectures import fingerprint
 from hpr.editor import HPR, EditorSet
 from hpr.errors import EditorError, ParameterError
-from hpr.methods import METHOD_NAMES, Base, EditMethod, fit_method, load_method
+from hpr.methods import METHOD_NAMES, Base, EditMethod, MethodSpec, fit_method, load_method, parse_method
 from hpr.records import Record
 
 
@@ -22,7 +22,42 @@ def batch(tokenizer):
 
 
 def test_names():
-    assert METHOD_NAMES == ("base", "hpr", "hpr-noangle", "iti", "diff", "lora")
+    assert METHOD_NAMES == ("base", "hpr", "hpr-noangle", "iti", "diff", "diff-mse", "lora")
+
+
+@pytest.mark.parametrize("name,family,load,fit,uses_k,canon", [
+    ("base", "base", {}, {}, False, "base"),
+    ("hpr", "hpr", {}, {}, True, "hpr"),
+    ("hpr-noangle", "hpr-noangle", {}, {}, True, "hpr-noangle"),
+    ("diff", "diff", {}, {}, True, "diff"),
+    ("diff-mse", "diff-mse", {}, {}, True, "diff-mse"),
+    ("lora", "lora", {}, {}, False, "lora"),
+    ("iti", "iti", {"alpha": 15.0}, {}, False, "iti"),
+    ("iti-15", "iti", {"alpha": 15.0}, {}, False, "iti"),
+    ("iti-200", "iti", {"alpha": 200.0}, {}, False, "iti-200"),
+    ("iti-k48", "iti", {"alpha": 15.0}, {"k": 48}, False, "iti-k48"),
+    ("iti-200-k48", "iti", {"alpha": 200.0}, {"k": 48}, False, "iti-200-k48"),
+    ("iti-2.5-k3", "iti", {"alpha": 2.5}, {"k": 3}, False, "iti-2.5-k3"),
+])
+def test_parse_method(name, family, load, fit, uses_k, canon):
+    spec = parse_method(name)
+    assert isinstance(spec, MethodSpec)
+    assert (spec.family, spec.load_options, spec.fit_options, spec.uses_k, spec.name) == (family, load, fit, uses_k,
+                                                                                           canon)
+
+
+def test_iti_15_is_iti():
+    assert parse_method("iti-15") == parse_method("iti")
+    assert parse_method("iti-200") != parse_method("iti")
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("rome", "valid methods"), ("iti-", "iti\\[-<alpha>\\]"), ("iti-k", "iti-k48"), ("iti-k0", "at least 1"),
+    ("iti-k48-200", "iti-200-k48"), ("iti-abc", "iti-200"), ("HPR", "valid methods"), ("", "valid methods"),
+])
+def test_parse_method_errors(bad, match):
+    with pytest.raises(ParameterError, match=match):
+        parse_method(bad)
 
 
 def test_unknown_method_lists_valid_names(tiny_model):
@@ -62,6 +97,7 @@ def test_hpr_and_noangle(tiny_model, tokenizer, tmp_path):
 @pytest.mark.parametrize("name,options", [
     ("iti", {"k": 2}),
     ("diff", {"k": 2, "epochs": 1}),
+    ("diff-mse", {"k": 2, "epochs": 1}),
     ("lora", {"max_steps": 2, "lr": 5e-2}),
 ])
 def test_fit_save_load_every_baseline(name, options, tiny_model, tokenizer, tmp_path):
@@ -82,9 +118,9 @@ def test_fit_save_load_every_baseline(name, options, tiny_model, tokenizer, tmp_
     assert torch.equal(tiny_model(**ids).logits, base)
     with pytest.raises(EditorError):
         load_method(name, tmp_path / name, tiny_llama(layers=3))
-    other = "iti" if name != "iti" else "diff"
-    with pytest.raises(EditorError):
-        load_method(other, tmp_path / name, tiny_model)
+    for other in {"iti": ["diff"], "diff": ["iti", "diff-mse"], "diff-mse": ["iti", "diff"]}.get(name, ["iti"]):
+        with pytest.raises(EditorError):
+            load_method(other, tmp_path / name, tiny_model)
 
 
 def test_iti_alpha_override(tiny_model, tokenizer, tmp_path):
@@ -119,3 +155,17 @@ def test_iti_and_norms_on_smollm2(tmp_path):
 def test_load_options_only_for_iti(tiny_model, tmp_path):
     with pytest.raises(ParameterError, match="alpha"):
         load_method("diff", tmp_path, tiny_model, alpha=3.0)
+    with pytest.raises(ParameterError, match="only the load option alpha"):
+        load_method("iti", tmp_path, tiny_model, k=3)
+
+
+def test_parsed_names_fit_and_load(tiny_model, tokenizer, tmp_path):
+    """``fit_options`` go to fit_method (K changes the artifact), ``load_options`` to load_method."""
+    spec = parse_method("iti-200-k2")
+    fit_method(spec.family, model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
+               out=tmp_path / "iti", progress=False, **spec.fit_options)
+    m = load_method(spec.family, tmp_path / "iti", tiny_model, **spec.load_options)
+    assert len(m.heads) == 2 and m.alpha == 200.0
+    with pytest.raises(ParameterError, match="design"):
+        fit_method("diff-mse", model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
+                   out=tmp_path / "d", design="authors", progress=False)

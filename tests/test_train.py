@@ -9,13 +9,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import hpr.train as train_mod
 from hpr.capture import Captured
 from hpr.cli import main as cli_main
 from hpr.editor import HPR, EditorSet
 from hpr.errors import DataError, ParameterError
 from hpr.kernels import angle_between
 from hpr.records import Record
-from hpr.train import StackedHPR, TrainConfig, evaluate, pair_targets, train, train_from_model
+from hpr.train import (
+    TRAIN_PRESETS,
+    StackedHPR,
+    TrainConfig,
+    clip_grad_norm_per_layer,
+    evaluate,
+    lr_schedule,
+    pair_targets,
+    train,
+    train_from_model,
+)
 
 
 def synthetic(layers=(0, 1, 2), d: int = 16, questions: int = 12, seed: int = 0,
@@ -77,24 +88,125 @@ def test_train_learns_separable_layers_and_selects_them() -> None:
     assert es.model == {"name": "toy", "hidden_size": 16}
 
 
+def _scaled(cap: Captured, factor: float) -> Captured:
+    return Captured(cap.data * factor, cap.layers, cap.label, cap.question, cap.sequence, cap.position,
+                    cap.token, cap.meta)
+
+
 def test_training_is_deterministic_and_layers_independent() -> None:
-    cap = synthetic()
-    a = train(cap, None, epochs=2, progress=False, seed=3)
-    b = train(cap, None, epochs=2, progress=False, seed=3)
-    c = train(cap, None, epochs=2, progress=False, seed=4)
+    # Large activations: gradient norms far above 1, so the per-layer clipping is active.
+    cap = _scaled(synthetic(), 20.0)
+    kw = {"epochs": 2, "progress": False, "keep": "last", "grad_clip": 1.0}
+    a = train(cap, None, seed=3, **kw)
+    b = train(cap, None, seed=3, **kw)
+    c = train(cap, None, seed=4, **kw)
     for layer in cap.layers:
         sa, sb = a.editors[layer].state_dict(), b.editors[layer].state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(a.editors[0].normal, c.editors[0].normal)
     assert a.config["val_source"] == "train"
-    # Changing layer 1's data leaves layer 0's training (same batches, same init) unchanged.
+    unclipped = train(cap, None, seed=3, **{**kw, "grad_clip": None})
+    assert not torch.allclose(a.editors[0].normal, unclipped.editors[0].normal, atol=1e-4)
+    # Changing layer 1's data leaves layer 0's training (same batches, same init, own clipping) unchanged.
     data = cap.data.clone()
-    data[1] = torch.randn_like(data[1])
+    data[1] = 50 * torch.randn_like(data[1])
     other = Captured(data, cap.layers, cap.label, cap.question, cap.sequence, cap.position, cap.token, cap.meta)
-    d = train(other, None, epochs=2, progress=False, seed=3)
+    d = train(other, None, seed=3, **kw)
     s0, d0 = a.editors[0].state_dict(), d.editors[0].state_dict()
     assert all(torch.allclose(s0[k], d0[k], rtol=1e-5, atol=1e-6) for k in s0)
     assert not torch.equal(a.editors[1].normal, d.editors[1].normal)
+
+
+def test_stacked_clipped_steps_equal_independent_trainings() -> None:
+    """Per-layer clipping + AdamW on the stack == torch's clip_grad_norm_ + AdamW on each layer alone."""
+    torch.manual_seed(0)
+    eds = [HPR(8) for _ in range(3)]
+    st = StackedHPR(eds)
+    opt = torch.optim.AdamW(st.parameters(), lr=1e-2, weight_decay=0.0)
+    solo = [torch.optim.AdamW(e.parameters(), lr=1e-2, weight_decay=0.0) for e in eds]
+    label = torch.tensor([0.0, 0, 0, 1, 1, 1])
+    tgt = torch.tensor([0.3, 0.5, 1.0, 0, 0, 0])
+    g = torch.Generator().manual_seed(1)
+    clipped = 0
+    for _ in range(4):
+        x = torch.randn(3, 6, 8, generator=g) * torch.tensor([30.0, 0.1, 5.0]).view(3, 1, 1)
+        logits, theta = st(x)
+        loss = (F.binary_cross_entropy_with_logits(logits, label.expand(3, -1), reduction="none").mean(1)
+                + ((theta - tgt) ** 2).mean(1)).sum()
+        opt.zero_grad()
+        loss.backward()
+        norms = clip_grad_norm_per_layer(list(st.parameters()), 1.0)
+        opt.step()
+        for j, (e, o) in enumerate(zip(eds, solo, strict=True)):
+            own = F.binary_cross_entropy_with_logits(e.logits(x[j]), label) + ((e.theta(x[j]) - tgt) ** 2).mean()
+            o.zero_grad()
+            own.backward()
+            n = torch.nn.utils.clip_grad_norm_(e.parameters(), 1.0)
+            torch.testing.assert_close(norms[j], n, rtol=1e-4, atol=1e-6)
+            clipped += int(n > 1.0)
+            o.step()
+    assert clipped > 0  # clipping was active (with a global norm the layers would not match)
+    for j, e in enumerate(eds):
+        back = st.export(j, e)
+        for k, v in e.state_dict().items():
+            torch.testing.assert_close(back.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_schedule_matches_transformers() -> None:
+    total, warm = 40, 0.05
+    f = lr_schedule("linear", total, warm)
+    expected = [s / 2 if s < 2 else (total - s) / (total - 2) for s in range(total + 1)]  # ceil(0.05 * 40) = 2
+    assert [f(s) for s in range(total + 1)] == pytest.approx(expected)
+    try:
+        from transformers import get_linear_schedule_with_warmup
+    except ImportError:
+        return
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for total in (7, 33, 100):
+        hf = get_linear_schedule_with_warmup(opt, math.ceil(warm * total), total).lr_lambdas[0]
+        ours = lr_schedule("linear", total, warm)
+        assert [ours(s) for s in range(total)] == pytest.approx([hf(s) for s in range(total)])
+    c = lr_schedule("cosine", 40, warm)
+    assert c(0) == pytest.approx(0.5) and c(1) == pytest.approx(1.0) and c(40) == pytest.approx(0.0)
+    with pytest.raises(ParameterError, match="schedule"):
+        lr_schedule("step", 10)
+
+
+def test_defaults_are_the_authors_and_presets() -> None:
+    cfg = TrainConfig()
+    assert (cfg.schedule, cfg.weight_decay, cfg.grad_clip, cfg.keep) == ("linear", 0.0, 1.0, "best")
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.warmup) == (5e-4, 5, 16, 0.05)
+    assert TRAIN_PRESETS["authors"] == cfg
+    cos = TrainConfig.preset("cosine", epochs=2)
+    assert (cos.schedule, cos.weight_decay, cos.grad_clip, cos.keep, cos.epochs) == ("cosine", 0.01, None, "last", 2)
+    with pytest.raises(ParameterError, match="preset"):
+        TrainConfig.preset("paper")
+    for bad in ({"schedule": "step"}, {"keep": "first"}, {"grad_clip": 0.0}, {"weight_decay": -1.0}):
+        with pytest.raises(ParameterError):
+            TrainConfig(**bad).check()
+
+
+def test_keep_best_restores_the_best_epoch(monkeypatch) -> None:
+    cap = synthetic()
+    scripted = [0.5, 0.9, 0.6]
+    states: list[dict[str, torch.Tensor]] = []
+    real = train_mod.probe_accuracy
+
+    def fake(model, c, threshold=0.75, chunk=2048):
+        if len(states) < len(scripted):
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return torch.full((len(c.layers),), scripted[len(states) - 1])
+        return real(model, c, threshold, chunk)
+
+    monkeypatch.setattr(train_mod, "probe_accuracy", fake)
+    es = train(cap, None, epochs=3, lr=1e-2, progress=False)
+    assert es.config["best_epoch"] == 2 and es.config["epoch_val_accuracy"] == pytest.approx(scripted)
+    for j, layer in enumerate(cap.layers):
+        assert torch.equal(es.editors[layer].normal, states[1]["probe"][j])
+        assert not torch.equal(es.editors[layer].normal, states[2]["probe"][j])
+    monkeypatch.setattr(train_mod, "probe_accuracy", real)
+    last = train(cap, None, epochs=3, lr=1e-2, progress=False, keep="last")
+    assert last.config["best_epoch"] == 3 and last.config["epoch_val_accuracy"] is None
 
 
 def test_stacked_step_equals_separate_losses() -> None:
