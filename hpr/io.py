@@ -1,7 +1,8 @@
-"""Atomic file writes and the cache directory.
+"""Atomic file writes, the cache directory, and hashes of what produced an artifact.
 
 Every artifact is written to a temporary file in the destination folder and renamed into
-place, so a run killed mid-way never leaves a half-written file behind.
+place, so a run killed mid-way never leaves a half-written file behind. ``tree_digest``,
+``data_fingerprint`` and ``stale_reason`` decide whether ``hpr run`` must execute a notebook again.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,79 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def tree_digest(root: str | os.PathLike[str], *, content: bool = True,
+                skip: tuple[str, ...] = ("__pycache__",), suffixes: tuple[str, ...] | None = None) -> str:
+    """sha256 (hex) of the files under ``root`` in sorted relative-path order.
+
+    ``content=True`` hashes each file's bytes; ``False`` only its size and mtime (ns), which is
+    cheap for large data folders. Folders named in ``skip``, hidden files and ``*.pyc`` are
+    ignored; ``suffixes`` (e.g. ``(".py", ".yaml")``) keeps only those file types. A missing
+    ``root`` hashes as empty.
+    """
+    base = Path(root)
+    h = hashlib.sha256()
+    files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+    for p in files:
+        rel = p.relative_to(base)
+        if any(part in skip for part in rel.parts) or p.name.startswith(".") or p.suffix == ".pyc":
+            continue
+        if suffixes is not None and p.suffix not in suffixes:
+            continue
+        if content:
+            stamp = file_sha256(p)
+        else:
+            st = p.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        h.update(f"{rel.as_posix()}\0{stamp}\n".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------ what produced an artifact (hpr run)
+def data_fingerprint(params: Mapping[str, Any], base: Path) -> str:
+    """sha256 (hex) of the data folders a study with ``params`` reads (``data_dir`` or
+    ``$HPR_DATA_DIR``, resolved against ``base``; the BIG-bench cache for the default source):
+    their resolved paths and their files' sizes and mtimes. Cheap; changes when the data do."""
+    from .bigbench import bigbench_cache
+
+    dirs: list[Path] = []
+    d = params.get("data_dir") or os.environ.get("HPR_DATA_DIR")
+    if d:
+        dirs.append((Path(d) if Path(d).is_absolute() else base / d).resolve())
+    source = params.get("source") or os.environ.get("HPR_DATA_SOURCE")
+    if source in (None, "", "bigbench") and bigbench_cache().is_dir():
+        dirs.append(bigbench_cache().resolve())
+    return stable_hash([[str(x), tree_digest(x, content=False)] for x in dirs], 64)
+
+
+def has_artifacts(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds at least one non-empty ``*.json`` (results, editor configs)."""
+    return out_dir.is_dir() and any(p.is_file() and p.stat().st_size > 0 for p in out_dir.rglob("*.json"))
+
+
+#: Input name in the run record -> why a change of it re-runs the notebook.
+_INPUT_REASONS: dict[str, str] = {"library": "library changed", "notebook": "notebook changed",
+                                  "parameters": "parameters changed", "data": "data changed"}
+
+
+def stale_reason(record: Mapping[str, Any], inputs: Mapping[str, str], out_dir: str, base: Path,
+                 upstream_ran: Sequence[str] = ()) -> str | None:
+    """Why the notebook of ``record`` must run again, or None when it is up to date."""
+    if not record:
+        return "never ran"
+    if record.get("status") != "ok":
+        return "last run did not finish"
+    if "inputs_sha256" not in record:
+        return "run record has no inputs hash (made before input hashing)"
+    old = record.get("inputs", {})
+    for key, why in _INPUT_REASONS.items():
+        if old.get(key) != inputs.get(key):
+            return why
+    if record["inputs_sha256"] != stable_hash(dict(inputs), 64):
+        return "inputs changed"
+    if not has_artifacts(Path(out_dir) if Path(out_dir).is_absolute() else base / out_dir):
+        return f"no artifacts under {out_dir}"
+    if upstream_ran:
+        return f"upstream {', '.join(upstream_ran)} ran again"
+    return None

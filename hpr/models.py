@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, ParameterError
 from .io import cache_dir, file_sha256, write_json
 
 
@@ -294,34 +294,85 @@ def _resolve(spec: str, progress: Callable[[str], None] | None) -> tuple[str, bo
     return spec, False
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for ``device``: ``"auto"``/None = CUDA when available, else CPU.
+
+    Accepts ``cpu``, ``cuda``, ``cuda:N`` and ``mps``; raises ``ParameterError`` for an unknown
+    name or a device this machine does not have.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(f"device {device!r} asked for, but CUDA is not available here (torch "
+                                 f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ParameterError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA "
+                                 "device(s) visible; pick cuda:0.. or set CUDA_VISIBLE_DEVICES")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ParameterError(f"device {device!r} asked for, but MPS is not available; use --device cpu")
+    elif dev.type != "cpu":
+        raise ParameterError(f"unsupported device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def default_dtype(device: str | torch.device | None = "auto") -> torch.dtype:
+    """bfloat16 on a CUDA device that supports it (else float16), float32 elsewhere."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | None = "auto") -> torch.dtype:
+    """``dtype`` as a torch dtype (a name like ``"bfloat16"``); None = ``default_dtype(device)``."""
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+            raise ModelError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
+        return resolved
+    return dtype
+
+
 def load_model(
     spec: str,
     *,
+    device: str | torch.device | None = "auto",
     dtype: torch.dtype | str | None = None,
-    device: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for ``spec``: eval mode, pad token set, ``model_name`` = spec.
 
     ``spec``: an embedded name (``EMBEDDED_MODELS``), a local checkpoint directory, a ``.gguf``
-    file, or a hub id ``org/name``. ``dtype`` defaults to float32; ``device`` to ``"cpu"``.
+    file, or a hub id ``org/name``. ``device``: ``"auto"`` (CUDA when available, else CPU),
+    ``cpu``, ``cuda[:N]`` or ``mps``. ``dtype``: default bfloat16 on CUDA, float32 elsewhere.
+    ``device_map`` (e.g. ``"auto"``, needs ``accelerate``) spreads a model larger than one GPU
+    over the visible devices: it is passed to ``from_pretrained`` and the model is not moved.
     """
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
-            raise ModelError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
-        dtype = resolved
-    dtype = dtype or torch.float32
+    dev = resolve_device(device) if device_map is None else None
+    dtype = resolve_dtype(dtype, dev if dev is not None else "auto")
+    if device_map is not None and importlib.util.find_spec("accelerate") is None:
+        raise ParameterError(f"device_map={device_map!r} needs the accelerate package; "
+                             "`pip install accelerate`, or pass a single device instead")
     source, local = _resolve(spec, progress)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if local:
         kw["local_files_only"] = True
+    placement = {"device_map": device_map} if device_map is not None else {}
     try:
         tok: Any = AutoTokenizer.from_pretrained(source, **kw)
-        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement, **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(
             f"could not load model {spec!r} from {source} ({type(exc).__name__}: {_one_line(exc)}); check "
@@ -344,6 +395,7 @@ def load_model(
         model.config.pad_token_id = tok.pad_token_id
     model.config._name_or_path = spec
     setattr(model, "hpr_name", spec)  # noqa: B010  (read by model_name)
-    model.to(device or "cpu")
+    if dev is not None:
+        model.to(dev)
     model.eval()
     return model, tok

@@ -2,16 +2,19 @@
 
 Source notebooks live in ``notebooks/``; executed copies land in ``book/notebooks/`` (where
 ``_toc.yml`` points). Each executed notebook records, in ``metadata.hpr`` and in a final
-markdown cell, its parameters, the package version, the git commit and its run time. A
-notebook whose executed copy has the same source hash and parameters is skipped; a failing
-notebook is reported with its cell and error, its dependents are skipped, and every finished
-notebook stays in place.
+markdown cell, its parameters, the package version, the git commit, its run time and a hash
+of its inputs (the ``hpr`` sources, the notebook, the parameters, a fingerprint of the data).
+A notebook is skipped only when that hash matches, its output folder (parameter ``out_dir``)
+holds results, and no notebook it depends on ran again; otherwise the reason is printed. A
+failing notebook is reported with its cell and error, its dependents are skipped, and every
+finished notebook stays in place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +26,7 @@ import nbformat
 
 from . import __version__, io
 from .errors import ParameterError
+from .io import data_fingerprint, has_artifacts, stale_reason
 
 
 @dataclass(frozen=True)
@@ -48,19 +52,26 @@ _COMMON_CPU: dict[str, Any] = {
     "models": ["smollm2-135m-instruct", "gemma3-270m"],
     "model": "smollm2-135m-instruct",
     "all_methods_models": ["smollm2-135m-instruct"],
-    "methods": ["base", "lora", "diff", "iti", "hpr-noangle", "hpr"],
+    "methods": ["base", "lora", "diff", "diff-mse", "iti", "iti-k48", "hpr-noangle", "hpr"],
     "dataset": "truthfulqa",
     "data_dir": None,
     "seed": 0,
     "k": 5,
     "out_dir": "runs/book",
+    # Test caps and train/val caps: seeded samples stratified by subtask (hpr.data.cap_records).
     "caps": {"bbq": 300, "seq": None, "toxigen": None, "truthfulqa": None},
+    "train_caps": {"bbq": 300, "seq": None, "toxigen": None, "truthfulqa": None},
     "max_k": 10,
     "n_generate": 3,
     # Sized for `make book` in under 30 minutes on two cores: Figure 6 at five k values, Table 2
-    # (HPR editors trained on TruthfulQA, scored on BBQ/SEQ/ToxiGen) on SmolLM2 only.
+    # (HPR editors trained on each dataset, and the TruthfulQA editors transferred) on SmolLM2 only.
     "fig6_ks": [1, 2, 3, 5, 8],
     "table2_models": ["smollm2-135m-instruct"],
+    "source": None,  # None: the offline BIG-bench task files (hpr.data); "hub" or "local"
+    "add_bos": None,  # None: the tokenizer's default
+    "device": "auto",  # "auto": CUDA when available, else CPU (hpr.models.resolve_device)
+    "dtype": None,  # None: bfloat16 on CUDA, float32 on CPU (hpr.models.default_dtype)
+    "seeds": [0],
 }
 
 #: Named parameter sets. ``cpu`` must finish ``make book`` in 30 minutes on two cores.
@@ -73,10 +84,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": "meta-llama/Llama-2-7b-chat-hf",
         "all_methods_models": ["meta-llama/Llama-2-7b-chat-hf"],
         "caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": None},
+        "train_caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": None},
         "max_k": 32,
         "n_generate": 5,
         "fig6_ks": None,
         "table2_models": None,
+        "source": "hub",
+        "add_bos": False,  # the authors' choice
     },
 }
 
@@ -187,7 +201,9 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 #: Parameters whose ``None`` default stands for a list: the type of the list's items.
 _LISTS: dict[str, type] = {"fig6_ks": int, "table2_models": str, "models": str, "all_methods_models": str,
-                           "methods": str}
+                           "methods": str, "seeds": int}
+#: Smallest item of an integer list parameter (default 1).
+_LIST_MIN: dict[str, int] = {"seeds": 0}
 
 
 def _list_ok(name: str, value: Any) -> bool:
@@ -195,10 +211,19 @@ def _list_ok(name: str, value: Any) -> bool:
 
     def ok(v: Any) -> bool:
         if item is int:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            return isinstance(v, int) and not isinstance(v, bool) and v >= _LIST_MIN.get(name, 1)
         return isinstance(v, item)
 
     return value is None or (isinstance(value, list) and all(ok(v) for v in value))
+
+
+#: Parameters with a fixed set of values: a pattern their JSON form must match.
+_CHOICES: dict[str, re.Pattern[str]] = {
+    "source": re.compile(r'null|"(bigbench|hub|local)"'),
+    "add_bos": re.compile(r"null|true|false"),
+    "device": re.compile(r'"(auto|cpu|mps|cuda(:[0-9]+)?)"'),
+    "dtype": re.compile(r'null|"(float32|bfloat16|float16)"'),
+}
 
 
 def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> None:
@@ -217,9 +242,14 @@ def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> None
             )
         default = defaults[name]
         if name in _LISTS and not _list_ok(name, value):
-            kind, example = ("positive integers", "[1, 2, 3]") if _LISTS[name] is int else ("strings", '["a", "b"]')
+            low = _LIST_MIN.get(name, 1)
+            kind, example = ((f"integers >= {low}", f"[{low}, {low + 1}]") if _LISTS[name] is int
+                             else ("strings", '["a", "b"]'))
             raise ParameterError(f"parameter {name!r} must be a JSON list of {kind} (or null), got "
                                  f"{value!r}; e.g. -p '{name}={example}'")
+        if name in _CHOICES and not _CHOICES[name].fullmatch(json.dumps(value)):
+            raise ParameterError(f"parameter {name!r} got {value!r}; allowed: {_CHOICES[name].pattern}, "
+                                 f"e.g. -p {name}={json.dumps(PROFILES['cpu'].get(name))}")
         if not _type_ok(default, value):
             want = "a number" if isinstance(default, float) else type(default).__name__
             raise ParameterError(
@@ -266,6 +296,19 @@ def _stamp(path: Path, record: Mapping[str, Any]) -> None:
         nbformat.write(nb, str(tmp))
 
 
+def library_root() -> Path:
+    """The installed ``hpr`` package folder: the sources whose hash keys every run."""
+    return Path(__file__).resolve().parent
+
+
+def _wants_hub(params: Mapping[str, Any]) -> bool:
+    """Whether the run reads the Hugging Face hub: ``source=hub`` or a model spec like ``org/name``."""
+    specs = [params.get("model"), *(params.get("models") or [])]
+    hub_ids = [m for m in specs if isinstance(m, str) and "/" in m and not m.startswith(("/", ".", "~"))
+               and not Path(m).expanduser().exists()]
+    return params.get("source") == "hub" or bool(hub_ids)
+
+
 def run_study(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
@@ -276,8 +319,13 @@ def run_study(
     output_dir: str = "book/notebooks",
     kernel: str = "python3",
     log: Callable[[str], None] = print,
+    lib_root: str | Path | None = None,
 ) -> list[RunResult]:
-    """Execute the study's notebooks in dependency order; returns one result per notebook."""
+    """Execute the study's notebooks in dependency order; returns one result per notebook.
+
+    ``lib_root``: the sources whose contents key the run records (default: the ``hpr`` package).
+    The hub is switched off (``HF_HUB_OFFLINE``, unless set) only for a non-gpu profile that
+    reads no hub data or model."""
     import papermill as pm
 
     base = Path(root).resolve()
@@ -299,9 +347,11 @@ def run_study(
         raise ParameterError(f"unknown parameter(s) {unknown_over}: no notebook declares them; "
                              f"known parameters: {sorted(known)}")
     commit = git_commit(base)
+    library = io.tree_digest(lib_root if lib_root is not None else library_root())
+    data = data_fingerprint(params, base)
     results: dict[str, RunResult] = {}
     env_backup = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MPLBACKEND")}
-    if profile != "gpu":
+    if profile != "gpu" and not _wants_hub(params):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
@@ -322,13 +372,17 @@ def run_study(
                 log(f"[hpr run] {spec.name}: skipped, depends on failed {blocked}")
                 continue
             rec = _record(dest) if dest.is_file() else {}
-            if (not force and rec.get("status") == "ok" and rec.get("source_sha256") == source_sha
-                    and rec.get("parameters") == json.loads(json.dumps(nb_params))):
+            inputs = {"library": library, "notebook": source_sha, "data": data,
+                      "parameters": io.stable_hash(json.loads(json.dumps(nb_params)), 64)}
+            out_dir = str(params.get("out_dir") or "runs/book")
+            upstream = [d for d in spec.depends if results.get(d) and results[d].status == "ran"]
+            why = "--force" if force else stale_reason(rec, inputs, out_dir, base, upstream)
+            if why is None:
                 results[spec.name] = RunResult(spec.name, "skipped", float(rec.get("seconds", 0.0)), dest,
                                                parameters=nb_params)
                 log(f"[hpr run] {spec.name}: up to date, skipped")
                 continue
-            log(f"[hpr run] {spec.name}: running ({profile} profile)")
+            log(f"[hpr run] {spec.name}: running ({profile} profile): {why}")
             failed_path = base / output_dir / "failed" / f"{spec.name}.ipynb"
             tmp = dest.with_name(f".{spec.name}.running.ipynb")
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -351,6 +405,7 @@ def run_study(
             seconds = time.perf_counter() - t0
             record = {"status": "ok", "profile": profile, "parameters": nb_params, "version": __version__,
                       "commit": commit, "seconds": round(seconds, 2), "source_sha256": source_sha,
+                      "inputs": inputs, "inputs_sha256": io.stable_hash(inputs, 64), "out_dir": out_dir,
                       "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
             _stamp(tmp, record)
             os.replace(tmp, dest)
@@ -367,6 +422,6 @@ def run_study(
     return [results[s.name] for s in NOTEBOOKS if s.name in results]
 
 
-__all__ = ["NOTEBOOKS", "PROFILES", "NotebookSpec", "RunResult", "declared_parameters", "git_commit",
-           "parameter_defaults", "parse_overrides", "profile_parameters", "run_study",
-           "validate_parameters"]
+__all__ = ["NOTEBOOKS", "PROFILES", "NotebookSpec", "RunResult", "data_fingerprint", "declared_parameters",
+           "git_commit", "has_artifacts", "library_root", "parameter_defaults", "parse_overrides",
+           "profile_parameters", "run_study", "stale_reason", "validate_parameters"]

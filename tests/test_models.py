@@ -10,7 +10,7 @@ import torch
 
 from hpr import models
 from hpr.architectures import fingerprint
-from hpr.errors import ModelError
+from hpr.errors import ModelError, ParameterError
 from hpr.models import EMBEDDED_MODELS, load_model, model_name
 from tests.conftest import byte_tokenizer, tiny_llama
 
@@ -124,3 +124,86 @@ def test_embedded_smollm2_generates() -> None:
         out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text
+
+
+# ------------------------------------------------------------------ devices and dtypes
+def _fake_cuda(monkeypatch: pytest.MonkeyPatch, available: bool, count: int = 1, bf16: bool = True) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count if available else 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+
+def test_resolve_device_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cuda(monkeypatch, True, count=2)
+    assert models.resolve_device("auto") == torch.device("cuda") == models.resolve_device(None)
+    assert models.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert models.resolve_device("cpu") == torch.device("cpu")
+    assert models.default_dtype("auto") is torch.bfloat16 and models.default_dtype("cpu") is torch.float32
+    _fake_cuda(monkeypatch, True, bf16=False)
+    assert models.default_dtype("cuda") is torch.float16
+    _fake_cuda(monkeypatch, False)
+    assert models.resolve_device("auto") == torch.device("cpu")
+    assert models.default_dtype("auto") is torch.float32
+
+
+def test_resolve_device_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cuda(monkeypatch, False)
+    with pytest.raises(ParameterError, match="CUDA is not available.*--device cpu"):
+        models.resolve_device("cuda")
+    with pytest.raises(ParameterError, match="unknown device 'gpu'.*auto, cpu, cuda"):
+        models.resolve_device("gpu")
+    with pytest.raises(ParameterError, match="unsupported device 'meta'"):
+        models.resolve_device("meta")
+    _fake_cuda(monkeypatch, True, count=1)
+    with pytest.raises(ParameterError, match="'cuda:3' does not exist: 1 CUDA"):
+        models.resolve_device("cuda:3")
+
+
+def test_resolve_dtype() -> None:
+    assert models.resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+    assert models.resolve_dtype(torch.float16, "cpu") is torch.float16
+    assert models.resolve_dtype(None, "cpu") is torch.float32
+    with pytest.raises(ModelError, match="unknown dtype 'int8'"):
+        models.resolve_dtype("int8", "cpu")
+
+
+def test_load_model_device_and_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _save_tiny(tmp_path / "ckpt")
+    _fake_cuda(monkeypatch, False)
+    model, _ = load_model(str(tmp_path / "ckpt"))  # auto on a CPU machine: cpu, float32
+    assert next(model.parameters()).device.type == "cpu" and model.dtype == torch.float32
+    with pytest.raises(ParameterError, match="CUDA is not available"):
+        load_model(str(tmp_path / "ckpt"), device="cuda")
+    # auto on a GPU machine picks CUDA and bfloat16; .to() is recorded instead of run
+    _fake_cuda(monkeypatch, True)
+    moved: list[object] = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a[0] if a else k) or self)
+    model, _ = load_model(str(tmp_path / "ckpt"))
+    assert moved == [torch.device("cuda")] and model.dtype == torch.bfloat16
+    model, _ = load_model(str(tmp_path / "ckpt"), device="cuda", dtype="float32")
+    assert moved[-1] == torch.device("cuda") and model.dtype == torch.float32
+
+
+def test_load_model_device_map_passes_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device_map`` goes to from_pretrained (accelerate places the weights) and nothing is moved."""
+    from transformers import AutoModelForCausalLM
+
+    _save_tiny(tmp_path / "ckpt")
+    _fake_cuda(monkeypatch, False)
+    seen: dict[str, object] = {}
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*a: object, **k: object) -> object:
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    model, _ = load_model(str(tmp_path / "ckpt"), device_map="cpu")
+    assert seen["device_map"] == "cpu" and seen["dtype"] is torch.float32
+    assert next(model.parameters()).device.type == "cpu"
+    seen.clear()
+    load_model(str(tmp_path / "ckpt"), device="cpu")
+    assert "device_map" not in seen
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ParameterError, match="needs the accelerate package"):
+        load_model(str(tmp_path / "ckpt"), device_map="auto")

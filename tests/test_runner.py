@@ -15,7 +15,8 @@ from hpr.errors import ParameterError
 def _notebook(path: Path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell("seed = 0\nout_dir = 'runs'\nfail = False")
+    params = nbformat.v4.new_code_cell("seed = 0\nout_dir = 'runs'\nfail = False\ndata_dir = None\n"
+                                       "source = None\nseeds = [0]\ndevice = 'auto'\ndtype = None\nadd_bos = None")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(body)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,11 +27,16 @@ def _notebook(path: Path, body: str) -> None:
 def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(runner, "NOTEBOOKS", (runner.NotebookSpec("a"), runner.NotebookSpec("b", ("a",)),
                                               runner.NotebookSpec("c")))
+    lib = tmp_path / "installed-lib"  # the real hpr sources may change while the tests run
+    lib.mkdir()
+    (lib / "m.py").write_text("A = 1\n")
+    monkeypatch.setattr(runner, "library_root", lambda: lib)
     _notebook(tmp_path / "notebooks" / "a.ipynb",
               "import pathlib\nif fail: raise RuntimeError('boom in a')\n"
-              "pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True); (pathlib.Path(out_dir) / 'a.txt').write_text(str(seed))")
+              "pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True); (pathlib.Path(out_dir) / 'a.txt').write_text(str(seed))\n"
+              "(pathlib.Path(out_dir) / 'results.json').write_text('{\"seed\": %d}' % seed)")
     _notebook(tmp_path / "notebooks" / "b.ipynb", "print(open(out_dir + '/a.txt').read())")
-    _notebook(tmp_path / "notebooks" / "c.ipynb", "print('c', seed)")
+    _notebook(tmp_path / "notebooks" / "c.ipynb", "import os\nprint('c', seed, 'offline', os.environ.get('HF_HUB_OFFLINE'))")
     return tmp_path
 
 
@@ -53,8 +59,10 @@ def test_run_resume_and_failure(study: Path) -> None:
     out = study / "book" / "notebooks" / "a.ipynb"
     nb = nbformat.read(out, as_version=4)
     rec = nb.metadata["hpr"]
-    assert rec["parameters"] == {"seed": 1, "out_dir": "runs/book"} and rec["status"] == "ok"
-    assert {"version", "commit", "seconds", "finished", "profile"} <= set(rec)
+    assert rec["parameters"] == {"seed": 1, "out_dir": "runs/book", "data_dir": None, "source": None, "seeds": [0],
+                                 "device": "auto", "dtype": None, "add_bos": None} and rec["status"] == "ok"
+    assert {"version", "commit", "seconds", "finished", "profile", "inputs_sha256", "out_dir"} <= set(rec)
+    assert set(rec["inputs"]) == {"library", "notebook", "parameters", "data"} and rec["out_dir"] == "runs/book"
     assert "Run record" in nb.cells[-1].source
     # a rerun skips finished work
     res = runner.run_study("cpu", {"seed": 1}, root=study, log=logs.append)
@@ -88,3 +96,120 @@ def test_source_notebooks_declare_parameters() -> None:
     for spec in runner.NOTEBOOKS:
         names = runner.declared_parameters(root / "notebooks" / f"{spec.name}.ipynb")
         assert {"profile", "models", "dataset", "data_dir", "seed", "out_dir", "k"} <= names
+
+
+def _statuses(res: list[runner.RunResult]) -> dict[str, str]:
+    return {r.name: r.status for r in res}
+
+
+def test_rerun_keys_on_inputs_and_artifacts(study: Path) -> None:
+    """Up to date = same library, notebook, parameters and data, and results under out_dir."""
+    import shutil
+
+    lib = study / "fakelib"
+    (lib / "sub").mkdir(parents=True)
+    (lib / "core.py").write_text("X = 1\n")
+    (lib / "sub" / "task.yaml").write_text("a: 1\n")
+    data = study / "data"
+    data.mkdir()
+    (data / "x.json").write_text("[1]")
+    logs: list[str] = []
+
+    def run(**kw: object) -> dict[str, str]:
+        logs.clear()
+        over = {"data_dir": str(data)}
+        return _statuses(runner.run_study("cpu", over, root=study, log=logs.append, lib_root=lib, **kw))
+
+    assert run() == {"a": "ran", "b": "ran", "c": "ran"}
+    assert any("never ran" in line for line in logs)
+    assert run() == {"a": "skipped", "b": "skipped", "c": "skipped"}  # (a) nothing changed
+    src = study / "notebooks" / "a.ipynb"  # an upstream notebook that ran makes its dependents stale
+    nb = nbformat.read(src, as_version=4)
+    nb.cells[1].source = "x = 2"
+    nbformat.write(nb, str(src))
+    assert run() == {"a": "ran", "b": "ran", "c": "skipped"}
+    assert any("a: running (cpu profile): notebook changed" in x for x in logs)
+    assert any("b: running (cpu profile): upstream a ran again" in x for x in logs)
+    (lib / "sub" / "task.yaml").write_text("a: 2\n")  # (b) a library file changed
+    assert run(only=["c"]) == {"c": "ran"} and any("c: running (cpu profile): library changed" in x for x in logs)
+    shutil.rmtree(study / "runs")  # (c) a fresh clone: executed notebooks present, no artifacts
+    assert run(only=["c"]) == {"c": "ran"} and any("no artifacts under runs/book" in x for x in logs)
+    assert run(only=["c"]) == {"c": "ran"}  # c writes no artifacts, so it stays stale
+    assert run(only=["a"]) == {"a": "ran"}  # a re-creates them (its library changed too)
+    assert run(only=["c"]) == {"c": "skipped"}
+    (data / "x.json").write_text("[1, 2]")  # the data changed
+    assert run(only=["c"]) == {"c": "ran"} and any("data changed" in x for x in logs)
+    assert run(force=True) == {"a": "ran", "b": "ran", "c": "ran"}
+    assert any("--force" in x for x in logs)
+
+
+def test_stale_reason_unit(tmp_path: Path) -> None:
+    inputs = {"library": "l", "notebook": "n", "parameters": "p", "data": "d"}
+    from hpr.io import stable_hash
+
+    rec = {"status": "ok", "inputs": inputs, "inputs_sha256": stable_hash(inputs, 64)}
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    assert runner.stale_reason(rec, inputs, "runs", tmp_path) == "no artifacts under runs"
+    (tmp_path / "runs" / "r" / "empty.json").write_text("")
+    assert runner.stale_reason(rec, inputs, "runs", tmp_path) == "no artifacts under runs"
+    (tmp_path / "runs" / "r" / "res.json").write_text("{}")
+    assert runner.stale_reason(rec, inputs, "runs", tmp_path) is None
+    assert runner.stale_reason(rec, inputs, str(tmp_path / "runs"), Path("/nonexistent")) is None
+    assert runner.stale_reason(rec, {**inputs, "parameters": "q"}, "runs", tmp_path) == "parameters changed"
+    assert runner.stale_reason({"status": "ok", "parameters": {}}, inputs, "runs", tmp_path).startswith(
+        "run record has no inputs hash")
+    assert runner.stale_reason({}, inputs, "runs", tmp_path) == "never ran"
+    assert runner.stale_reason(rec, inputs, "runs", tmp_path, ["x"]) == "upstream x ran again"
+
+
+def test_library_digest_sees_sources_not_bytecode(tmp_path: Path) -> None:
+    from hpr.io import tree_digest
+
+    (tmp_path / "m.py").write_text("a = 1\n")
+    first = tree_digest(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "m.cpython-312.pyc").write_bytes(b"junk")
+    assert tree_digest(tmp_path) == first
+    (tmp_path / "m.py").write_text("a = 2\n")
+    assert tree_digest(tmp_path) != first
+
+
+def test_library_root_is_the_package() -> None:
+    assert runner.library_root() == Path(runner.__file__).resolve().parent
+    assert (runner.library_root() / "runner.py").is_file()
+
+
+def test_profile_study_parameters() -> None:
+    cpu, gpu = runner.PROFILES["cpu"], runner.PROFILES["gpu"]
+    assert (cpu["source"], cpu["add_bos"], cpu["device"], cpu["dtype"], cpu["seeds"]) == (None, None, "auto", None, [0])
+    assert (gpu["source"], gpu["add_bos"], gpu["device"]) == ("hub", False, "auto")
+
+
+def test_study_parameter_values_checked(study: Path) -> None:
+    nb = study / "notebooks" / "c.ipynb"
+    runner.validate_parameters(nb, {"seeds": [0, 1], "source": "hub", "device": "cuda:1", "dtype": "bfloat16",
+                                    "add_bos": False})
+    for bad, match in [({"seeds": [-1]}, "integers >= 0"), ({"seeds": 3}, "JSON list"),
+                       ({"source": "web"}, "'source'"), ({"device": "gpu"}, "'device'"),
+                       ({"dtype": "float33"}, "'dtype'"), ({"add_bos": "yes"}, "'add_bos'")]:
+        with pytest.raises(ParameterError, match=match):
+            runner.validate_parameters(nb, bad)
+    assert not runner._list_ok("fig6_ks", [0]) and runner._list_ok("seeds", [0])
+
+
+def test_cli_accepts_source_hub(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-p source=hub`` is a known parameter, and the hub is then left to the environment."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["run", "--root", str(study), "--only", "c", "-p", "source=hub", "-p", "seeds=[0,1]"]) == 0
+    nb = nbformat.read(study / "book" / "notebooks" / "c.ipynb", as_version=4)
+    assert nb.metadata["hpr"]["parameters"]["source"] == "hub" and nb.metadata["hpr"]["parameters"]["seeds"] == [0, 1]
+    assert "offline None" in "".join(o.get("text", "") for o in nb.cells[-2].outputs)
+    assert main(["run", "--root", str(study), "--only", "c", "-p", "seeds=[-1]"]) == 2
+    assert main(["run", "--root", str(study), "--only", "c", "--force"]) == 0  # cpu profile, local data
+    nb = nbformat.read(study / "book" / "notebooks" / "c.ipynb", as_version=4)
+    assert "offline 1" in "".join(o.get("text", "") for o in nb.cells[-2].outputs)
+
+
+def test_hub_left_to_environment() -> None:
+    assert runner._wants_hub({"source": "hub"}) and runner._wants_hub({"models": ["org/name"]})
+    assert not runner._wants_hub({"source": None, "models": ["smollm2-135m-instruct"], "model": "tiny-random"})

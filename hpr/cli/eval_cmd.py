@@ -8,14 +8,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ("base", "hpr", "hpr-noangle", "iti", "diff", "lora")
+from .common import add_data_options, add_model_options, data_kwargs, model_kwargs
+
+
+def method_name(text: str) -> str:
+    """argparse type: a method name ``hpr.methods.parse_method`` accepts (e.g. ``iti-200-k48``)."""
+    from ..errors import ParameterError
+    from ..methods import parse_method
+
+    try:
+        return parse_method(text).name
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate a model (and an editing method) on a dataset split")
     p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
     p.add_argument("--dataset", required=True, choices=("truthfulqa", "toxigen", "bbq", "seq"))
-    p.add_argument("--method", default="base", choices=METHODS, help="editing method (default: base)")
+    p.add_argument("--method", default="base", type=method_name,
+                   help="editing method: base, hpr, hpr-noangle, iti[-<alpha>][-k<heads>], diff, diff-mse, lora "
+                        "(default: base)")
     p.add_argument("--editors", default=None, metavar="DIR", help="directory the method was saved in")
     p.add_argument("--k", type=int, default=None, help="hpr/hpr-noangle: edit only the top-k layers")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -23,11 +36,17 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N examples only")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: runs/eval/<model>/<dataset>-<split>/<method>-<engine>)")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="raw data directory (default: bundled)")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    add_data_options(p)
+    add_model_options(p)
+    p.add_argument("--add-bos", default="tokenizer", choices=("tokenizer", "true", "false"),
+                   help="BOS token before each prompt: the tokenizer's default (lm-eval's), always one "
+                        "(true), or none (false, the paper authors' choice)")
     p.add_argument("--batch-size", type=int, default=16, help="questions/choices per forward pass")
     p.add_argument("--force", action="store_true", help="re-score even if a finished run exists")
     p.set_defaults(func=_eval)
+
+
+_ADD_BOS: dict[str, bool | None] = {"tokenizer": None, "true": True, "false": False}
 
 
 def _slug(text: str) -> str:
@@ -38,6 +57,10 @@ def default_out(args: argparse.Namespace) -> Path:
     name = args.method + (f"-k{args.k}" if args.k is not None else "") + f"-{args.engine}"
     if args.limit is not None:
         name += f"-n{args.limit}"
+    for flag, value, default in (("src", args.source, None), ("scheme", args.split_scheme, None),
+                                 ("bos", args.add_bos, "tokenizer")):
+        if value != default:
+            name += f"-{flag}-{value}"
     return Path("runs") / "eval" / _slug(args.model) / f"{args.dataset}-{args.split}" / name
 
 
@@ -46,9 +69,10 @@ def load_method(name: str, directory: str | None, model: Any, k: int | None) -> 
     from .. import methods
     from ..errors import ParameterError
 
-    method: Any = methods.load_method(name, directory, model)
+    spec = methods.parse_method(name)
+    method: Any = methods.load_method(spec.family, directory, model, **spec.load_options)
     if k is not None:
-        if name not in ("hpr", "hpr-noangle"):
+        if spec.family not in ("hpr", "hpr-noangle"):
             raise ParameterError(f"--k applies to hpr and hpr-noangle only, not {name!r}; drop --k")
         method = method.top(k)
     return method
@@ -74,11 +98,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ParameterError(f"--limit must be a positive number of examples, got {args.limit}")
-    records = data.load_split(args.dataset, args.split, data_dir=args.data_dir, seed=args.seed)
+    records = data.load_split(args.dataset, args.split, **data_kwargs(args))
     if args.limit is not None:
         records = records[: args.limit]
     t0 = time.perf_counter()
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, **model_kwargs(args))
     method = load_method(args.method, args.editors, model, args.k)
     load_s = time.perf_counter() - t0
     out = Path(args.out) if args.out else default_out(args)
@@ -91,6 +115,8 @@ def _eval(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "seed": args.seed,
         "data_dir": args.data_dir,
+        "source": args.source,
+        **({"split_scheme": args.split_scheme} if args.split_scheme is not None else {}),
         # contents, not just names: a retrained editor dir or re-saved checkpoint is re-scored
         "model_weights": weights_digest(model),
         "editors_sha256": _dir_hash(args.editors) if args.editors else None,
@@ -98,6 +124,7 @@ def _eval(args: argparse.Namespace) -> int:
     res = evaluate(
         model, tok, args.dataset, records, out, method=method, engine=args.engine,
         batch_size=args.batch_size, config=config, force=args.force, timings={"load_s": round(load_s, 3)},
+        add_bos=_ADD_BOS[args.add_bos],
     )
     for name, m in res["metrics"].items():
         print(f"{args.dataset} {name}: {m['value']:.4f} ± {m['stderr']:.4f} (n={m['n']})")

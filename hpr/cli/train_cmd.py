@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ("hpr", "hpr-noangle", "iti", "diff", "lora")
+from .common import add_data_options, add_model_options, data_kwargs, model_kwargs
+from .eval_cmd import method_name
 
 
 def register(sub: Any) -> None:
@@ -15,17 +16,16 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
     p.add_argument("--dataset", required=True, choices=("truthfulqa", "toxigen", "bbq", "seq"))
     p.add_argument("--out", required=True, metavar="DIR", help="directory to save the trained method in")
-    p.add_argument("--method", default="hpr", choices=METHODS, help="method to train (default: hpr)")
+    p.add_argument("--method", default="hpr", type=method_name,
+                   help="method to train: hpr, hpr-noangle, iti[-k<heads>], diff, diff-mse, lora (default: hpr)")
     p.add_argument("--k", type=int, default=5, help="number of layers to edit (top-k by val accuracy)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=16, help="pairs per training step")
-    p.add_argument("--seed", type=int, default=0, help="split, prompt-order and training seed")
     p.add_argument("--layers", default=None, metavar="I,J,..", help="layers to train (default: all)")
     p.add_argument("--prompt-format", default="mc-letter", help="training prompt format (hpr.prompts)")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="raw data directory")
-    p.add_argument("--source", default=None, help="data source: bigbench (default), hub or local")
-    p.add_argument("--dtype", default=None, help="model dtype (default float32)")
+    add_data_options(p, seed_help="split, prompt-order and training seed (default: 0)")
+    add_model_options(p)
     p.add_argument("--no-cache", action="store_true", help="recapture activations even if cached")
     p.set_defaults(func=_train)
 
@@ -62,26 +62,27 @@ def _train(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ParameterError(f"--k must be at least 1, got {args.k}")
     t0 = time.perf_counter()
-    kw = dict(source=args.source, data_dir=args.data_dir, seed=args.seed)
+    kw = data_kwargs(args)
     train_recs = data.load_split(args.dataset, "train", **kw)
     val_recs = data.load_split(args.dataset, "val", **kw)
     print(f"data: {args.dataset} train={len(train_recs)} val={len(val_recs)} questions", flush=True)
-    model, tok = load_model(args.model, dtype=args.dtype)
+    model, tok = load_model(args.model, **model_kwargs(args))
     out = Path(args.out)
     if args.method not in ("hpr", "hpr-noangle"):
         fit = getattr(methods, "fit_method", None)
         if fit is None:
             raise ParameterError(f"method {args.method!r} needs hpr.methods.fit_method, which this "
                                  "installation lacks; use --method hpr")
-        fit(args.method, model=model, tokenizer=tok, train=train_recs, val=val_recs, out=out,
-            seed=args.seed, dataset=args.dataset)
+        spec = methods.parse_method(args.method)
+        fit(spec.family, model=model, tokenizer=tok, train=train_recs, val=val_recs, out=out,
+            seed=args.seed, dataset=args.dataset, **spec.fit_options)
         print(f"saved {args.method} to {out} ({time.perf_counter() - t0:.1f} s)")
         return 0
     es = train_from_model(
         model, tok, train_recs, val_recs, layers=_layers(args.layers), k=args.k,
         prompt_format=args.prompt_format, seed=args.seed, dataset=args.dataset,
         cache=not args.no_cache, name=args.model, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, device=next(model.parameters()).device,
     )
     if args.method == "hpr-noangle":
         es = es.with_angle(False)
