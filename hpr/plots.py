@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import seaborn as sns
@@ -130,5 +131,47 @@ def k_curve(ks: Sequence[int], values: Mapping[str, Sequence[float]], base: Mapp
     return fig
 
 
-__all__ = ["angle_scatter", "coefficient_of_variation", "k_curve", "loss_curves", "norm_boxplots",
+def _mark_selected(ax: Any, selected: Sequence[int]) -> None:
+    for layer in selected:
+        ax.axvline(layer, color="tab:orange", alpha=0.25, lw=6)
+
+
+def angle_fit_per_layer(fit: Any, selected: Sequence[int], title: str = "") -> Figure:
+    """Mean target and predicted angle (radians) per layer, from ``hpr.analysis.angle_fit_per_layer``;
+    selected layers shaded."""
+    fig = _fig(7.0, 3.2)
+    ax = fig.subplots()
+    ax.plot(fit["layer"], fit["mean_target"], marker="o", ms=3, label="mean target angle")
+    ax.plot(fit["layer"], fit["mean_pred"], marker="o", ms=3, label="mean predicted angle")
+    ax.plot(fit["layer"], fit["mean_abs_error"], ls="--", lw=1, label="mean |pred - target|")
+    _mark_selected(ax, selected)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("angle (rad)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "predicted vs target angle per layer", fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plane_assumption(plane: Any, selected: Sequence[int], title: str = "") -> Figure:
+    """Share of |a+| in span{a-, Ha-} (left) and gamma vs target angle in radians (right) per layer,
+    from ``hpr.analysis.plane_assumption``; selected layers shaded."""
+    fig = _fig(9.0, 3.2)
+    left, right = fig.subplots(1, 2)
+    left.plot(plane["layer"], plane["mean_share"], marker="o", ms=3, label="mean")
+    left.plot(plane["layer"], plane["median_share"], ls="--", lw=1, label="median")
+    left.set_ylim(0, 1.02)
+    left.set_ylabel("share of |a+| in the plane")
+    right.plot(plane["layer"], plane["mean_gamma"], marker="o", ms=3, label="gamma = angle(a-, Ha-)")
+    right.plot(plane["layer"], plane["mean_target"], marker="o", ms=3, label="target angle(a-, a+)")
+    right.set_ylabel("radians")
+    for ax in (left, right):
+        _mark_selected(ax, selected)
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "the plane assumption", fontsize=10)
+    return fig
+
+
+__all__ = ["angle_fit_per_layer", "angle_scatter", "plane_assumption", "coefficient_of_variation", "k_curve", "loss_curves", "norm_boxplots",
            "norm_histograms", "probe_accuracy", "show"]

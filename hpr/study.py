@@ -1,12 +1,14 @@
 """Cached glue for the book's notebooks: models, records, editors, methods and results.
 
 Every artifact lives under an output directory (``out_dir``, default ``runs/book``) in a path
-keyed by what produced it: ``<out>/<model slug>/<dataset>/seed<seed>/<artifact>``. A function
-finds its artifact there and returns it, or computes it, writes it atomically and returns it,
-so notebooks that run later (or again) reuse earlier work instead of recomputing it.
+keyed by what produced it: ``<out>/<model slug>/<train dataset>/seed<seed>/<artifact>``. A
+function finds its artifact there and returns it, or computes it, writes it atomically and
+returns it, so notebooks that run later (or again) reuse earlier work instead of recomputing it.
 
-``model="tiny-random"`` resolves to a random 4-layer Llama (d=64) with a byte tokenizer, saved
-once under ``cache_dir()``: the notebooks' tests run on it.
+Study-wide settings (data ``source`` and split ``scheme``, ``add_bos`` for scoring, ``device`` and
+``dtype`` of the models) are set once per notebook with ``configure(...)`` and enter every
+artifact's key. ``model="tiny-random"`` resolves to a random 4-layer Llama (d=64) with a byte
+tokenizer, saved once under ``cache_dir()``: the notebooks' tests run on it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,44 @@ from typing import Any
 from torch import nn
 
 from . import io
-from .errors import DataError, ParameterError
-from .metrics import predict, summarize
+from .errors import DataError
+from .metrics import flip_rates, predict, summarize
 from .records import Record
 
 TINY = "tiny-random"
 #: Methods whose artifacts are trained by ``hpr.train`` (HPR editors) rather than ``fit_method``.
 HPR_METHODS = ("hpr", "hpr-noangle")
+#: Training prompt format of the editors per training dataset: the paper's lettered multiple-choice
+#: prompt for TruthfulQA; the task's own prompt with the raw choice as the answer for the others
+#: (as the authors captured BBQ, SEQ and ToxiGen).
+TRAIN_FORMAT = {"truthfulqa": "mc-letter", "bbq": "task", "seq": "task", "toxigen": "task"}
+#: Methods compared in the paper's Table 3 (flip rates against the base model).
+FLIP_METHODS = ("iti", "iti-200", "iti-k48", "iti-200-k48", "hpr")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Study-wide options; ``None`` means the library default (offline BIG-bench data, its split
+    scheme, the tokenizer's own BOS rule, float32 on CPU / bfloat16 on CUDA)."""
+
+    source: str | None = None
+    scheme: str | None = None
+    add_bos: bool | None = None
+    device: str = "auto"
+    dtype: str | None = None
+
+
+SETTINGS = Settings()
+
+
+def configure(**options: Any) -> Settings:
+    """Set study-wide options (``Settings`` fields; ``None`` values keep the default)."""
+    global SETTINGS
+    unknown = set(options) - set(Settings.__dataclass_fields__)
+    if unknown:
+        raise DataError(f"unknown study setting(s) {sorted(unknown)}; known: {sorted(Settings.__dataclass_fields__)}")
+    SETTINGS = replace(Settings(), **{k: v for k, v in options.items() if v is not None})
+    return SETTINGS
 
 
 def slug(name: str) -> str:
@@ -62,60 +96,92 @@ def _tiny_dir() -> Path:
 
 
 @lru_cache(maxsize=2)
-def get_model(name: str) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` for an embedded name, a checkpoint, a hub id or ``tiny-random``."""
+def _load(name: str, device: str, dtype: str | None) -> tuple[nn.Module, Any]:
     from .models import load_model
 
     if name == TINY:
-        model, tok = load_model(str(_tiny_dir()))
+        model, tok = load_model(str(_tiny_dir()), device=device, dtype=dtype)
         model.hpr_name = TINY
         return model, tok
-    return load_model(name)
+    return load_model(name, device=device, dtype=dtype)
+
+
+def get_model(name: str) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` for an embedded name, a checkpoint, a hub id or ``tiny-random``, on
+    the configured device and dtype."""
+    return _load(name, SETTINGS.device, SETTINGS.dtype)
 
 
 # ------------------------------------------------------------------ data
 def get_records(dataset: str, split: str, data_dir: str | None = None, seed: int = 0,
                 cap: int | None = None) -> list[Record]:
-    """Records of ``dataset``/``split``, the first ``cap`` when given.
+    """Records of ``dataset``/``split``; with ``cap``, a seeded sample of ``cap`` records
+    stratified by subtask (``hpr.data.cap_records``; the seed is the split seed).
 
     ``data_dir`` may hold ``<dataset>/<split>.jsonl`` in ``Record.to_dict`` form (any custom or
-    test dataset); otherwise ``hpr.data.load_split`` reads the dataset (from ``data_dir`` if set).
+    test dataset); otherwise ``hpr.data.load_split`` reads the dataset (from ``data_dir`` if set,
+    with the configured source and split scheme).
     """
+    from .data import cap_records
+
     local = Path(data_dir) / dataset / f"{split}.jsonl" if data_dir else None
     if local is not None and local.is_file():
         rows = [json.loads(line) for line in local.read_text(encoding="utf-8").splitlines() if line.strip()]
         try:
-            recs = [Record(r["id"], r["prompt"], tuple(r["choices"]), tuple(r["correct"]), r.get("meta", {}),
-                           r.get("best"), tuple(r["mc1"]) if r.get("mc1") is not None else None) for r in rows]
+            recs = [Record.from_dict(r) for r in rows]
         except (KeyError, TypeError) as exc:
             raise DataError(f"{local}: each line must be a Record object (id, prompt, choices, correct): {exc}") from exc
     else:
         from .data import load_split
 
-        recs = load_split(dataset, split, data_dir=data_dir, seed=seed)
-    if cap is not None and cap < len(recs):
-        recs = recs[: int(cap)]
-    return recs
+        recs = load_split(dataset, split, data_dir=data_dir, seed=seed, source=SETTINGS.source,
+                          scheme=SETTINGS.scheme)
+    return cap_records(dataset, recs, cap, seed)
 
 
 def get_capture(model_name: str, dataset: str, split: str, data_dir: str | None = None, seed: int = 0,
                 cap: int | None = None) -> Any:
-    """Captured answer-token activations of every layer (``hpr.capture.capture``, cached)."""
+    """Captured answer-token activations of every layer (``hpr.capture.capture``, cached), in the
+    training prompt format of ``dataset`` (``TRAIN_FORMAT``)."""
     from .capture import capture
 
     model, tok = get_model(model_name)
     recs = get_records(dataset, split, data_dir, seed, cap)
-    return capture(model, tok, recs, dataset=dataset, split=split, seed=seed, name=model_name, progress=False)
+    return capture(model, tok, recs, dataset=dataset, split=split, seed=seed, name=model_name, progress=False,
+                   prompt_format=TRAIN_FORMAT.get(dataset, "mc-letter"))
 
 
 # ------------------------------------------------------------------ editors and methods
+def variant(data_dir: str | Path | None, train_cap: int | None, **params: Any) -> str:
+    """A short hash of everything besides model, dataset and seed that changes an artifact: the data
+    folder (parameter or ``$HPR_DATA_DIR``), the data source and split scheme, the training cap and
+    method options. Artifacts made with other parameters live under another name, so a changed
+    parameter never reuses a stale one."""
+    folder = data_dir if data_dir is not None else os.environ.get("HPR_DATA_DIR") or None
+    where = str(Path(folder).resolve()) if folder else None
+    data = {"source": SETTINGS.source, "scheme": SETTINGS.scheme}
+    return io.stable_hash({"data_dir": where, "train_cap": train_cap,
+                           **{k: v for k, v in data.items() if v is not None}, **params}, 8)
+
+
+def editors_dir(model_name: str, dataset: str, seed: int, out_dir: str | Path, data_dir: str | None = None,
+                train_cap: int | None = None, **train_kw: Any) -> Path:
+    """Where the HPR editors of ``model_name`` trained on ``dataset`` live (the key includes the
+    training configuration, so editors trained with other settings are never reused)."""
+    from .train import TrainConfig
+
+    key = {"train_config": asdict(TrainConfig()), "format": TRAIN_FORMAT.get(dataset, "mc-letter"), **train_kw}
+    return run_dir(out_dir, model_name, dataset, seed) / ("hpr-" + variant(data_dir, train_cap, **key))
+
+
 def get_editors(model_name: str, dataset: str = "truthfulqa", data_dir: str | None = None, seed: int = 0,
                 out_dir: str | Path = "runs/book", k: int = 5, train_cap: int | None = None, **train_kw: Any) -> Any:
-    """HPR editors for every layer of ``model_name`` (top ``k`` selected): loaded from
-    ``<run dir>/hpr`` when present, else trained with ``hpr.train.train_from_model`` and saved."""
+    """HPR editors for every layer of ``model_name`` (top ``k`` selected), trained on ``dataset``'s
+    train split (layers chosen on its val split): loaded from ``editors_dir(...)`` when present,
+    else trained with ``hpr.train.train_from_model`` and saved."""
     from .editor import EditorSet
 
-    path = run_dir(out_dir, model_name, dataset, seed) / ("hpr-" + variant(data_dir, train_cap, **train_kw))
+    path = editors_dir(model_name, dataset, seed, out_dir, data_dir, train_cap, **train_kw)
     model, tok = get_model(model_name)
     if (path / "config.json").is_file():
         return EditorSet.load(path, model).top(k)
@@ -124,26 +190,26 @@ def get_editors(model_name: str, dataset: str = "truthfulqa", data_dir: str | No
     train = get_records(dataset, "train", data_dir, seed, train_cap)
     val = get_records(dataset, "val", data_dir, seed, train_cap)
     editors = train_from_model(model, tok, train, val, k=k, seed=seed, dataset=dataset, name=model_name,
-                               **train_kw)
+                               prompt_format=TRAIN_FORMAT.get(dataset, "mc-letter"), progress=False, **train_kw)
+    editors.config["train_dataset"] = dataset
+    editors.config["train_cap"] = train_cap
     editors.save(path)
     return editors.top(k)
-
-
-def variant(data_dir: str | Path | None, train_cap: int | None, **params: Any) -> str:
-    """A short hash of everything besides model, dataset and seed that changes an artifact: the data
-    folder (parameter or ``$HPR_DATA_DIR``), the training cap and method options. Artifacts made with
-    other parameters live under another name, so a changed parameter never reuses a stale one."""
-    folder = data_dir if data_dir is not None else os.environ.get("HPR_DATA_DIR") or None
-    where = str(Path(folder).resolve()) if folder else None
-    return io.stable_hash({"data_dir": where, "train_cap": train_cap, **params}, 8)
 
 
 def method_dir(model_name: str, method: str, dataset: str, seed: int, out_dir: str | Path,
                data_dir: str | Path | None = None, train_cap: int | None = None,
                options: dict[str, Any] | None = None) -> Path:
-    """Where ``method``'s artifact for ``model_name`` lives (ITI variants share ``iti``)."""
-    base = "hpr" if method in HPR_METHODS else method.split("-")[0]
-    return run_dir(out_dir, model_name, dataset, seed) / f"{base}-{variant(data_dir, train_cap, **(options or {}))}"
+    """Where ``method``'s fitted artifact for ``model_name`` lives (variants that differ only in how
+    they are loaded, such as ITI's alpha, share one)."""
+    from .methods import parse_method
+
+    spec = parse_method(method)
+    base = "hpr" if spec.family in HPR_METHODS else spec.family
+    opts = {**spec.fit_options, **(options or {})}
+    if spec.family.startswith("diff"):
+        opts["design"] = spec.family  # the authors' Diff replaced the prose design under the name "diff"
+    return run_dir(out_dir, model_name, dataset, seed) / f"{base}-{variant(data_dir, train_cap, **opts)}"
 
 
 def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_dir: str | None = None,
@@ -151,35 +217,28 @@ def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_d
                options: dict[str, Any] | None = None) -> Any:
     """A ready method object (``apply(model)`` context manager), trained once and cached.
 
-    ``method``: ``base``, ``hpr``, ``hpr-noangle``, ``iti`` / ``iti-15`` / ``iti-200`` (alpha),
-    ``diff`` or ``lora``.
+    ``method``: any name ``hpr.methods.parse_method`` accepts: ``base``, ``hpr``, ``hpr-noangle``,
+    ``iti[-<alpha>][-k<heads>]``, ``diff`` (the authors' design), ``diff-mse`` or ``lora``.
+    Diff edits HPR's selected layers.
     """
-    from .methods import Base, fit_method, load_method
+    from .methods import Base, fit_method, load_method, parse_method
 
-    if method == "base":
+    spec = parse_method(method)
+    if spec.family == "base":
         return Base()
     model, tok = get_model(model_name)
-    if method in HPR_METHODS:
+    if spec.family in HPR_METHODS:
         es = get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap)
-        return es.with_angle(False) if method == "hpr-noangle" else es
-    name, _, arg = method.partition("-")
-    load_kw: dict[str, Any] = {}
-    if name == "iti" and arg:
-        try:
-            load_kw["alpha"] = float(arg)
-        except ValueError:
-            raise ParameterError(f"bad ITI method {method!r}: write iti-<alpha>, e.g. iti-15") from None
-    elif arg:
-        raise ParameterError(f"unknown method {method!r}; use base, hpr, hpr-noangle, iti[-alpha], diff or lora")
-    extra = dict(options or {})
-    if name == "diff":
+        return es.with_angle(False) if spec.family == "hpr-noangle" else es
+    extra = {**spec.fit_options, **(options or {})}
+    if spec.uses_k:
         extra.setdefault("layers", list(get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap).selected))
     path = method_dir(model_name, method, dataset, seed, out_dir, data_dir, train_cap, extra)
     if not (path / "config.json").is_file():
-        fit_method(name, model=model, tokenizer=tok, train=get_records(dataset, "train", data_dir, seed, train_cap),
+        fit_method(spec.family, model=model, tokenizer=tok, train=get_records(dataset, "train", data_dir, seed, train_cap),
                    val=get_records(dataset, "val", data_dir, seed, train_cap), out=path, seed=seed,
                    dataset=dataset, **extra)
-    return load_method(name, path, model, **load_kw)
+    return load_method(spec.family, path, model, **spec.load_options)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -187,11 +246,14 @@ def results_path(model_name: str, method: str, dataset: str, seed: int, out_dir:
                  eval_dataset: str | None = None, limit: int | None = None, tag: str = "",
                  k: int = 5, train_cap: int | None = None, data_dir: str | Path | None = None) -> Path:
     """``<run dir>/results/<eval dataset>/<method>[-<tag>][-limit<N>]-<variant>.json``; the variant
-    hashes k (for methods that use it), the training cap and the data folder."""
+    hashes k (for methods that use it), the training cap, the data folder and source, and add_bos."""
+    from .methods import parse_method
+
     ev = eval_dataset or dataset
-    uses_k = method in HPR_METHODS or method == "diff"
+    uses_k = parse_method(method).uses_k
     name = method + (f"-{tag}" if tag else "") + (f"-limit{limit}" if limit else "")
-    name += "-" + variant(data_dir, train_cap, k=k if uses_k else None)
+    bos = {"add_bos": SETTINGS.add_bos} if SETTINGS.add_bos is not None else {}
+    name += "-" + variant(data_dir, train_cap, k=k if uses_k else None, **bos)
     return run_dir(out_dir, model_name, dataset, seed) / "results" / ev / f"{name}.json"
 
 
@@ -199,16 +261,20 @@ def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_
                 seed: int = 0, out_dir: str | Path = "runs/book", k: int = 5, eval_dataset: str | None = None,
                 limit: int | None = None, train_cap: int | None = None, editor: Any = None,
                 tag: str = "") -> dict[str, Any]:
-    """Test-split results of ``method`` on ``eval_dataset`` (default: the training dataset).
+    """Test-split results of ``method`` trained on ``dataset``, scored on ``eval_dataset`` (default:
+    the training dataset).
 
-    Reuses ``results_path(...)`` when it exists; otherwise scores the test split with the native
-    engine (``hpr.evaluate``), writes the results JSON (metrics, config, timings) and the
+    Reuses ``results_path(...)`` when it exists; otherwise scores the test split (capped to a
+    stratified seeded sample of ``limit`` records) with the native engine, writes the results JSON
+    (metrics, what the editors were trained on, split, cap, seed, source, timings) and the
     per-example predictions (JSONL) next to it. ``editor`` overrides the method object (e.g. HPR
     with another k; give a distinct ``tag``).
     """
     path = results_path(model_name, method, dataset, seed, out_dir, eval_dataset, limit, tag, k, train_cap, data_dir)
     if path.is_file():
         return {**json.loads(path.read_text(encoding="utf-8")), "path": str(path)}
+    from .data import strata
+
     model, tok = get_model(model_name)
     target = eval_dataset or dataset
     records = get_records(target, "test", data_dir, seed, limit)
@@ -217,10 +283,11 @@ def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_
     t0 = time.perf_counter()
     rows = score_records(model, tok, target, records, obj)
     seconds = time.perf_counter() - t0
-
     res = {"model": model_name, "method": method, "tag": tag, "train_dataset": dataset, "dataset": target,
-           "split": "test", "n": len(records), "limit": limit, "seed": seed, "k": k, "engine": "native",
-           "metrics": summarize(target, rows), "seconds": round(seconds, 2)}
+           "split": "test", "n": len(records), "cap": limit, "cap_seed": seed if limit else None,
+           "strata": strata(target, records) if limit else None, "train_cap": train_cap, "seed": seed, "k": k,
+           "engine": "native", "settings": asdict(SETTINGS), "metrics": summarize(target, rows),
+           "seconds": round(seconds, 2)}
     io.write_jsonl(path.with_suffix(".jsonl"), list[Any](rows))
     io.write_json(path, res)
     return {**res, "path": str(path)}
@@ -233,7 +300,8 @@ def score_records(model: nn.Module, tokenizer: Any, dataset: str, records: Seque
     from .tasks import request
 
     reqs = [request(dataset, r) for r in records]
-    lls = score(model, tokenizer, reqs, method=method, batch_size=batch_size, progress=False)
+    lls = score(model, tokenizer, reqs, method=method, batch_size=batch_size, progress=False,
+                add_bos=SETTINGS.add_bos)
     return [predict(dataset, r, ll) for r, ll in zip(records, lls, strict=True)]
 
 
@@ -257,27 +325,26 @@ def collect_results(out_dir: str | Path = "runs/book") -> list[dict[str, Any]]:
     return rows
 
 
-def results_markdown(out_dir: str | Path = "runs/book", methods: Sequence[str] | None = None) -> str:
-    """The results summary table (paper claims next to our measurements) as Markdown."""
-    from .paper import paper_value
+def study_flips(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Table 3's flip rates per model and method (``FLIP_METHODS`` against base, TruthfulQA MC1),
+    from the predictions next to the main (untagged) results rows."""
+    main = [r for r in rows if not r.get("tag") and r.get("dataset") == "truthfulqa"
+            and r.get("train_dataset", "truthfulqa") == "truthfulqa"]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for base in (r for r in main if r["method"] == "base"):
+        for r in main:
+            if r["model"] == base["model"] and r["method"] in FLIP_METHODS and r.get("seed") == base.get("seed"):
+                f = flip_rates(predictions(base), predictions(r))
+                out.setdefault(r["model"], {})[r["method"]] = {**f, "overall_acc": f["accuracy_after"]}
+    return out
+
+
+def results_markdown(out_dir: str | Path = "runs/book") -> str:
+    """The results chapter's tables (the paper's Tables 1-3 layout, ours beside the paper's)."""
+    from .tables import results_markdown as tables_markdown
 
     rows = [r for r in collect_results(out_dir) if not r.get("tag")]
-    if methods:
-        rows = [r for r in rows if r["method"] in methods]
-    if not rows:
-        return ("*No results yet: run `hpr run` (or `make book`) to produce them; this table is generated "
-                "from the results files.*\n")
-    lines = ["| model | dataset | method | metric | ours (± stderr) | paper |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        for metric, val in r["metrics"].items():
-            if not isinstance(val, dict) or "value" not in val:
-                continue
-            ours = f"{100 * val['value']:.1f} ± {100 * val.get('stderr', 0.0):.1f}"
-            paper = paper_value(r["dataset"], r["method"], metric)
-            capped = f", first {r['limit']} test examples" if r.get("limit") else ""
-            lines.append(f"| {r['model']} | {r['dataset']} (n={r['n']}{capped}) | {r['method']} | {metric} | {ours} | "
-                         f"{paper} |")
-    return "\n".join(lines) + "\n"
+    return tables_markdown(rows, study_flips(rows))
 
 
 def write_results_markdown(out_dir: str | Path = "runs/book", dest: str | Path = "book/_generated/results.md") -> Path:
@@ -286,6 +353,7 @@ def write_results_markdown(out_dir: str | Path = "runs/book", dest: str | Path =
     return Path(dest)
 
 
-__all__ = ["HPR_METHODS", "TINY", "collect_results", "get_capture", "get_editors", "get_method", "get_model", "get_records",
-           "get_results", "method_dir", "variant", "predictions", "results_markdown", "results_path", "run_dir", "slug",
-           "write_results_markdown"]
+__all__ = ["FLIP_METHODS", "HPR_METHODS", "SETTINGS", "TINY", "TRAIN_FORMAT", "Settings", "collect_results",
+           "configure", "editors_dir", "get_capture", "get_editors", "get_method", "get_model", "get_records",
+           "get_results", "method_dir", "predictions", "results_markdown", "results_path", "run_dir", "slug",
+           "study_flips", "variant", "write_results_markdown"]

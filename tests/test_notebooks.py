@@ -22,6 +22,11 @@ def _outputs(path: Path) -> list[dict[str, Any]]:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
+def _text(path: Path) -> str:
+    """Every HTML and Markdown output of the notebook, joined."""
+    return "".join(o.get("data", {}).get(kind, "") for o in _outputs(path) for kind in ("text/html", "text/markdown"))
+
+
 def test_all_notebooks_ran(study: tuple[Path, list[Any]]) -> None:
     root, results = study
     assert [(r.name, r.status) for r in results] == [(s, "ran") for s in (
@@ -42,10 +47,13 @@ def test_figures_present(study: tuple[Path, list[Any]], name: str, images: int) 
 
 def test_tables_and_artifacts(study: tuple[Path, list[Any]]) -> None:
     root = study[0]
-    html = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(root / "book/notebooks/04_benchmarks.ipynb"))
-    assert "MC1 (%)" in html and "bbq" in html and "HPR" in html
-    flips = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(root / "book/notebooks/05_flip_rates.ipynb"))
-    assert "false_to_true" in flips and "iti-200" in flips
+    text = _text(root / "book/notebooks/04_benchmarks.ipynb")
+    assert "| Method | tiny random Llama MC1 |" in text and "Llama-2-7B-Chat MC1 (paper)" in text
+    assert "| -AnglePred |" in text and "| Diff (MSE design) |" in text and "| LoRA |" in text
+    assert "tiny random Llama BBQ" in text and "HPR (TruthfulQA editors, transfer)" in text
+    assert "p_value" in text and "verdict" in text
+    flips = _text(root / "book/notebooks/05_flip_rates.ipynb")
+    assert "False→True" in flips and "ITI-200" in flips and "Llama-2-7B-Chat (paper)" in flips
     run = root / "runs" / "book" / "tiny-random" / "truthfulqa" / "seed0"
     assert list(run.glob("hpr-*/config.json")) and list(run.glob("iti-*/config.json"))
     results = list((run / "results" / "truthfulqa").glob("hpr-*.json"))
