@@ -13,6 +13,8 @@
   ``hails/bigbench`` ``bbq_lite_json_zero_shot`` and ``simple_ethical_questions_zero_shot``
   (``train`` and ``validation``; their ``inputs`` are kept verbatim as the scoring context) and
   ``skg/toxigen-data``/``annotated`` (``train`` and the 940-row ``test``, labelled as lm-eval does).
+  ``$HPR_HUB_MIRROR`` names a folder holding ``<path>/<config>/<split>.jsonl`` copies of these
+  (rows in the hub's layout) to read instead of the hub.
 - ``local``: original-format files in ``data_dir`` (or ``data_dir`` is the file itself):
   TruthfulQA's ``TruthfulQA.csv`` or ``mc_task.json``, BIG-bench ``task.json`` files, the ToxiGen
   ``prompts/`` folder.
@@ -180,9 +182,29 @@ def _from_local(name: str, root: Path | None) -> tuple[Parsed, str]:
                     f"{', '.join(_LOCAL_CANDIDATES.get(name, ('bbq_lite_json/<cat>_<ambig>/task.json',)))}")
 
 
+def _mirror_rows(mirror: Path, path: str, config: str, split: str) -> list[dict[str, Any]]:
+    """Rows of ``<mirror>/<path>/<config>/<split>.jsonl`` (a hub dataset copied to disk, e.g. with
+    ``datasets.load_dataset(path, config, split=split).to_json(file)``)."""
+    file = mirror / path / config / f"{split}.jsonl"
+    if not file.is_file():
+        raise DataError(f"HPR_HUB_MIRROR={mirror} has no {path}/{config}/{split}.jsonl; export that split there "
+                        "(datasets.load_dataset(...).to_json(file)) or unset HPR_HUB_MIRROR to use the hub")
+    try:
+        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}: not JSON lines ({exc}); write one row object per line") from exc
+
+
 def _hub_rows(path: str, config: str, split: str) -> list[dict[str, Any]]:
-    """Rows of a Hugging Face dataset; DataError (not a hang) when the hub is unreachable."""
+    """Rows of a Hugging Face dataset; DataError (not a hang) when the hub is unreachable.
+
+    With ``$HPR_HUB_MIRROR`` set, the rows come from that folder instead (``_mirror_rows``): an
+    offline copy of the hub datasets, in the hub's row layout."""
     from .models import hub_reachable
+
+    mirror = os.environ.get("HPR_HUB_MIRROR")
+    if mirror:
+        return _mirror_rows(Path(mirror), path, config, split)
 
     if os.environ.get("HF_DATASETS_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
         ok, why = False, "HF_DATASETS_OFFLINE is set"

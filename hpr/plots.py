@@ -173,5 +173,22 @@ def plane_assumption(plane: Any, selected: Sequence[int], title: str = "") -> Fi
     return fig
 
 
-__all__ = ["angle_fit_per_layer", "angle_scatter", "plane_assumption", "coefficient_of_variation", "k_curve", "loss_curves", "norm_boxplots",
+def layer_sweep(df: Any, base: Mapping[str, float], selected: Sequence[int], title: str = "") -> Figure:
+    """MC1/MC2 (percent) of HPR editing one layer at a time (columns ``layer``, ``MC1 (%)``,
+    ``MC2 (%)``), the base model's scores (fractions) dotted, selected layers shaded."""
+    fig = _fig(7.0, 3.2)
+    ax = fig.subplots()
+    for name in ("MC1", "MC2"):
+        line = ax.plot(df["layer"], df[f"{name} (%)"], marker="o", ms=3, label=f"HPR k=1 {name}")
+        if name in base:
+            ax.axhline(100 * base[name], color=line[0].get_color(), ls=":", lw=1, label=f"base {name}")
+    _mark_selected(ax, selected)
+    ax.set_xlabel("edited layer")
+    ax.set_ylabel("score (%)")
+    ax.set_title(title or "HPR at k = 1 on each layer", fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+__all__ = ["angle_fit_per_layer", "angle_scatter", "plane_assumption", "coefficient_of_variation", "k_curve", "layer_sweep", "loss_curves", "norm_boxplots",
            "norm_histograms", "probe_accuracy", "show"]

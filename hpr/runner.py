@@ -72,11 +72,19 @@ _COMMON_CPU: dict[str, Any] = {
     "device": "auto",  # "auto": CUDA when available, else CPU (hpr.models.resolve_device)
     "dtype": None,  # None: bfloat16 on CUDA, float32 on CPU (hpr.models.default_dtype)
     "seeds": [0],
+    "layer_sweep_models": None,
 }
 
-#: Named parameter sets. ``cpu`` must finish ``make book`` in 30 minutes on two cores.
+#: Named parameter sets. ``cpu`` must finish ``make book`` in 30 minutes on two cores; ``cpu-seeds``
+#: adds Table 1's base, Diff, ITI and HPR rows on three split seeds (SmolLM2 only); ``cpu-full``
+#: runs every method on both models, three seeds and the k = 1 layer sweep (several hours on two cores).
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(_COMMON_CPU),
+    "cpu-seeds": {**_COMMON_CPU, "profile": "cpu-seeds", "models": ["smollm2-135m-instruct"], "seeds": [0, 1, 2],
+                  "table2_models": [], "fig6_ks": [5]},
+    "cpu-full": {**_COMMON_CPU, "profile": "cpu-full", "all_methods_models": ["smollm2-135m-instruct", "gemma3-270m"],
+                 "seeds": [0, 1, 2], "table2_models": None, "fig6_ks": None,
+                 "layer_sweep_models": ["smollm2-135m-instruct", "gemma3-270m"]},
     "gpu": {
         **_COMMON_CPU,
         "profile": "gpu",
@@ -201,7 +209,7 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 #: Parameters whose ``None`` default stands for a list: the type of the list's items.
 _LISTS: dict[str, type] = {"fig6_ks": int, "table2_models": str, "models": str, "all_methods_models": str,
-                           "methods": str, "seeds": int}
+                           "methods": str, "seeds": int, "layer_sweep_models": str}
 #: Smallest item of an integer list parameter (default 1).
 _LIST_MIN: dict[str, int] = {"seeds": 0}
 

@@ -155,4 +155,33 @@ def compare_methods(rows: Mapping[str, str | Path | Sequence[Mapping[str, Any]]]
     return pd.DataFrame([{"a": a, "b": b, **compare(rows[a], rows[b], metric, **kw)} for a, b in pairs])
 
 
-__all__ = ["METRICS", "mcnemar", "paired_bootstrap", "read_rows", "compare", "compare_methods"]
+
+
+def seed_spread(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("mc1", "mc2")) -> Any:
+    """Mean and spread over split seeds of results rows (``hpr.study.get_results`` dicts): a pandas
+    DataFrame, one row per (model, method) with ``seeds`` (how many), and per metric the mean and
+    sample standard deviation (ddof=1; NaN for one seed) in percent and the per-seed values."""
+    import pandas as pd
+
+    groups: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = {}
+    for r in rows:
+        if r.get("tag"):
+            continue
+        groups.setdefault((str(r["model"]), str(r["method"])), {})[int(r["seed"])] = r
+    out = []
+    for (model, method), by_seed in groups.items():
+        row: dict[str, Any] = {"model": model, "method": method, "seeds": len(by_seed)}
+        for metric in metrics:
+            vals = [100 * float(by_seed[s]["metrics"][metric]["value"]) for s in sorted(by_seed)
+                    if metric in by_seed[s].get("metrics", {})]
+            if not vals:
+                continue
+            arr = np.asarray(vals)
+            row[f"{metric} mean"] = round(float(arr.mean()), 1)
+            row[f"{metric} sd"] = round(float(arr.std(ddof=1)), 1) if arr.size > 1 else float("nan")
+            row[f"{metric} per seed"] = ", ".join(f"{v:.1f}" for v in vals)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+__all__ = ["METRICS", "compare", "compare_methods", "mcnemar", "paired_bootstrap", "read_rows", "seed_spread"]

@@ -47,7 +47,8 @@ def tiny_parameters(data_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Overrides that make every notebook run in seconds on the tiny random model."""
     return {"models": ["tiny-random"], "model": "tiny-random", "all_methods_models": ["tiny-random"],
             "methods": ["base", "lora", "diff", "diff-mse", "iti", "hpr-noangle", "hpr"], "data_dir": str(data_dir), "out_dir": str(out_dir), "k": 2,
-            "max_k": 3, "n_generate": 1, "table2_models": ["tiny-random"], "n_examples": 2, "n_frames": 3,
+            "max_k": 3, "n_generate": 1, "table2_models": ["tiny-random"],
+            "seeds": [0, 1], "layer_sweep_models": ["tiny-random"], "n_examples": 2, "n_frames": 3,
             "caps": {"bbq": 2, "seq": None, "toxigen": None, "truthfulqa": None},
             "train_caps": {"bbq": 3, "seq": None, "toxigen": None, "truthfulqa": None}}
 

@@ -52,6 +52,8 @@ def test_tables_and_artifacts(study: tuple[Path, list[Any]]) -> None:
     assert "| -AnglePred |" in text and "| Diff (MSE design) |" in text and "| LoRA |" in text
     assert "tiny random Llama BBQ" in text and "HPR (TruthfulQA editors, transfer)" in text
     assert "p_value" in text and "verdict" in text
+    assert "mc1 per seed" in text and "Seeds: [0, 1]." in text  # the seed-spread table
+    assert "probe val accuracy (%)" in text  # the k = 1 layer sweep
     flips = _text(root / "book/notebooks/05_flip_rates.ipynb")
     assert "False→True" in flips and "ITI-200" in flips and "Llama-2-7B-Chat (paper)" in flips
     run = root / "runs" / "book" / "tiny-random" / "truthfulqa" / "seed0"

@@ -113,3 +113,19 @@ def test_compare_methods_table():
     df = compare_methods(rows, "mc1")
     assert list(zip(df["a"], df["b"], strict=True)) == [("hpr", "base"), ("hpr", "iti"), ("iti", "base")]
     assert set(df["verdict"]) <= {"within noise", "a better", "b better"}
+
+
+def test_seed_spread_mean_and_sd() -> None:
+    from hpr.stats import seed_spread
+
+    def row(method: str, seed: int, mc1: float, tag: str = "") -> dict:
+        return {"model": "m", "method": method, "seed": seed, "tag": tag,
+                "metrics": {"mc1": {"value": mc1, "stderr": 0.0}, "mc2": {"value": 0.5, "stderr": 0.0}}}
+
+    df = seed_spread([row("hpr", 0, 0.40), row("hpr", 1, 0.50), row("hpr", 2, 0.45), row("base", 0, 0.2),
+                      row("hpr", 3, 0.99, tag="k1")])
+    hpr = df[df.method == "hpr"].iloc[0]
+    assert hpr["seeds"] == 3 and hpr["mc1 mean"] == 45.0 and hpr["mc1 sd"] == 5.0
+    assert hpr["mc1 per seed"] == "40.0, 50.0, 45.0"
+    base = df[df.method == "base"].iloc[0]
+    assert base["seeds"] == 1 and base["mc1 sd"] != base["mc1 sd"]  # NaN for one seed
