@@ -24,6 +24,7 @@ reference: one full sequence per choice.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .errors import DataError, ParameterError
+from .errors import DataError, ModelError, ParameterError
 
 KV = list[tuple[Tensor, Tensor]]
 
@@ -193,6 +194,27 @@ def _sliding_window(model: nn.Module) -> int | None:
     return None
 
 
+#: Names of the KV-cache argument of a causal LM's ``forward``: transformers renamed
+#: ``past_key_values`` (up to 5.17 at least) to ``cache`` (5.24). A model given the other name puts
+#: it in ``**kwargs`` and ignores it, so the cache must be passed under the name it takes.
+CACHE_ARGS = ("cache", "past_key_values")
+
+
+def cache_arg(model: nn.Module) -> str:
+    """The name under which ``model.forward`` takes a KV cache: ``cache`` (transformers 5.24) or
+    ``past_key_values`` (5.17); ``ModelError`` if it takes neither."""
+    for fn in (model.forward, type(model).forward):  # accelerate's hooks keep ``__wrapped__``
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        name = next((n for n in CACHE_ARGS if n in params), None)
+        if name is not None:
+            return name
+    raise ModelError(f"{type(model).__name__}.forward takes no KV cache (neither `cache` nor "
+                     "`past_key_values`); score it with score_full (no prefix sharing)")
+
+
 def _cache(model: nn.Module, kv: KV | None, batch: int) -> Any:
     from transformers import DynamicCache
 
@@ -205,8 +227,14 @@ def _cache(model: nn.Module, kv: KV | None, batch: int) -> Any:
 
 def _kv(cache: Any, row: int | None = None, length: int | None = None) -> KV:
     out = []
-    for layer in cache.layers:
+    for i, layer in enumerate(cache.layers):
         k, v = layer.keys, layer.values
+        if k is None or v is None:
+            import transformers
+
+            raise ModelError(f"the model left layer {i} of the KV cache it was given empty (transformers "
+                             f"{transformers.__version__}); the scorer is tested with transformers 5.17 and "
+                             "5.24 (pinned: 5.24.0): install transformers==5.24.0, or use score_full")
         if row is not None:
             k, v = k[row : row + 1], v[row : row + 1]
         if length is not None:
@@ -265,6 +293,7 @@ def score(
         # A sliding-window cache drops old keys; fall back to full sequences (still exact).
         return score_full(model, tokenizer, requests, method=method, progress=progress, add_bos=add_bos)
     device = _device(model)
+    arg = cache_arg(model)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
     n_prefix = common_prefix([e.context for e in encs])
@@ -274,39 +303,45 @@ def score(
         if n_prefix:
             ids = torch.tensor([encs[0].context[:n_prefix]], dtype=torch.long, device=device)
             cache = _cache(model, None, 1)
-            model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids, **{arg: cache}, use_cache=True, logits_to_keep=1)
             prefix_kv = _kv(cache)
         bar = tqdm(total=len(encs), desc="scoring", unit="q", disable=not progress)
         for start in range(0, len(encs), batch_size):
             chunk = encs[start : start + batch_size]
             tails = [e.context[n_prefix:] for e in chunk]
-            last = torch.tensor([[len(t) - 1] for t in tails], dtype=torch.long, device=device)
+            # Logits only at each row's last position: a 1-D ``logits_to_keep`` (the distinct last
+            # positions, kept for every row) means the same in transformers 5.17 and 5.24. It stays
+            # on the CPU, which indexes hidden states on any device (with ``device_map`` the last
+            # block and the LM head may sit on another device than the embeddings).
+            keep = sorted({len(t) - 1 for t in tails})
             cache = _cache(model, prefix_kv, len(chunk))
-            res = model(input_ids=_pad(tails, pad, device), cache=cache, use_cache=True, logits_to_keep=last)
-            first_lp = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # (B, V)
+            res = model(input_ids=_pad(tails, pad, device), **{arg: cache}, use_cache=True,
+                        logits_to_keep=torch.tensor(keep, dtype=torch.long))
+            col = [keep.index(len(t) - 1) for t in tails]
+            first_lp = F.log_softmax(res.logits[torch.arange(len(tails)), col].float(), dim=-1)  # (B, V)
             for j, enc in enumerate(chunk):
                 q_kv = _kv(cache, row=j, length=n_prefix + len(tails[j]))
-                out[start + j] = _score_choices(model, enc, first_lp[j], q_kv, pad, batch_size, device)
+                out[start + j] = _score_choices(model, enc, first_lp[j], q_kv, pad, batch_size, device, arg)
                 bar.update(1)
         bar.close()
     return out
 
 
 def _score_choices(
-    model: nn.Module, enc: Encoded, first_lp: Tensor, q_kv: KV, pad: int, batch_size: int, device: torch.device
+    model: nn.Module, enc: Encoded, first_lp: Tensor, q_kv: KV, pad: int, batch_size: int, device: torch.device,
+    arg: str,
 ) -> list[float]:
-    """Log-likelihoods of ``enc``'s continuations on top of its context cache ``q_kv``."""
+    """Log-likelihoods of ``enc``'s continuations on top of its context cache ``q_kv`` (passed as ``arg``)."""
     totals = [float(first_lp[c[0]]) for c in enc.continuations]
     longer = [i for i, c in enumerate(enc.continuations) if len(c) > 1]
     for s in range(0, len(longer), batch_size):
         idx = longer[s : s + batch_size]
         inputs = [enc.continuations[i][:-1] for i in idx]
-        res = model(
-            input_ids=_pad(inputs, pad, device), cache=_cache(model, q_kv, len(idx)), use_cache=True
-        )
+        cache = _cache(model, q_kv, len(idx))
+        res = model(input_ids=_pad(inputs, pad, device), **{arg: cache}, use_cache=True)
         lp = F.log_softmax(res.logits.float(), dim=-1)  # (b, L, V)
         for row, i in enumerate(idx):
-            targets = torch.tensor(enc.continuations[i][1:], dtype=torch.long, device=device)
+            targets = torch.tensor(enc.continuations[i][1:], dtype=torch.long, device=lp.device)
             picked = lp[row, : len(targets)].gather(-1, targets[:, None]).squeeze(-1)
             totals[i] += float(picked.double().sum())
     return totals
@@ -333,7 +368,7 @@ def score_full(
                 seq = list(enc.context) + list(cont)
                 ids = torch.tensor([seq[:-1]], dtype=torch.long, device=device)
                 lp = F.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-                tgt = torch.tensor(cont, dtype=torch.long, device=device)
+                tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
                 row.append(float(lp[-len(cont):].gather(-1, tgt[:, None]).double().sum()))
             out.append(row)
     return out
@@ -341,8 +376,10 @@ def score_full(
 
 __all__ = [
     "Encoded",
+    "CACHE_ARGS",
     "Request",
     "TokenCount",
+    "cache_arg",
     "common_prefix",
     "count_tokens",
     "encode_pair",

@@ -250,8 +250,9 @@ def results_path(model_name: str, method: str, dataset: str, seed: int, out_dir:
     from .methods import parse_method
 
     ev = eval_dataset or dataset
-    uses_k = parse_method(method).uses_k
-    name = method + (f"-{tag}" if tag else "") + (f"-limit{limit}" if limit else "")
+    spec = parse_method(method)  # one name per intervention: "iti-15" is "iti"
+    uses_k = spec.uses_k
+    name = spec.name + (f"-{tag}" if tag else "") + (f"-limit{limit}" if limit else "")
     bos = {"add_bos": SETTINGS.add_bos} if SETTINGS.add_bos is not None else {}
     name += "-" + variant(data_dir, train_cap, k=k if uses_k else None, **bos)
     return run_dir(out_dir, model_name, dataset, seed) / "results" / ev / f"{name}.json"
@@ -270,6 +271,9 @@ def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_
     per-example predictions (JSONL) next to it. ``editor`` overrides the method object (e.g. HPR
     with another k; give a distinct ``tag``).
     """
+    from .methods import parse_method
+
+    method = parse_method(method).name
     path = results_path(model_name, method, dataset, seed, out_dir, eval_dataset, limit, tag, k, train_cap, data_dir)
     if path.is_file():
         return {**json.loads(path.read_text(encoding="utf-8")), "path": str(path)}

@@ -199,7 +199,8 @@ def clip_grad_norm_per_layer(params: Sequence[Tensor], max_norm: float, eps: flo
     if not grads:
         return torch.zeros(0)
     n = grads[0].shape[0]
-    norms = torch.stack([g.reshape(n, -1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    norms = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), dim=1, dtype=torch.float32) for g in grads]), dim=0)
     coef = (max_norm / (norms + eps)).clamp(max=1.0)
     for g in grads:
         g.mul_(coef.to(g.dtype).view(n, *([1] * (g.dim() - 1))))

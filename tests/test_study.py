@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hpr import study
 
 
@@ -28,3 +30,10 @@ def test_method_dir_changes_with_options_and_data(tmp_path, monkeypatch):
     assert study.method_dir("m", "iti-15", "truthfulqa", 0, tmp_path) == study.method_dir(
         "m", "iti-200", "truthfulqa", 0, tmp_path
     )
+
+
+def test_iti_15_is_iti_one_results_file(tmp_path: Path) -> None:
+    assert study.results_path("m", "iti-15", "truthfulqa", 0, tmp_path) == study.results_path(
+        "m", "iti", "truthfulqa", 0, tmp_path)
+    assert study.results_path("m", "iti-200", "truthfulqa", 0, tmp_path) != study.results_path(
+        "m", "iti", "truthfulqa", 0, tmp_path)

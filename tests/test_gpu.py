@@ -1,0 +1,441 @@
+"""Device tests: every test runs on the CPU here and on CUDA with ``pytest -m gpu`` on a GPU machine.
+
+Tiny random models in float32 and bfloat16. Each result is compared with an independent
+computation (a float64 dense reference, the unedited run, one-at-a-time scoring, or a CPU float32
+run), never with the same code path. bfloat16 tolerances are loose (8 mantissa bits) but each test
+also checks that the effect it measures is far larger than its tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from transformers import LlamaForCausalLM
+
+from hpr.architectures import decoder_layers, fingerprint
+from hpr.capture import run_capture
+from hpr.diff import Diff, diff_net
+from hpr.editor import HPR, EditorSet
+from hpr.iti import ITI
+from hpr.kernels import pseudo_rotate, reflect
+from hpr.lora import fit_lora
+from hpr.records import Record
+from hpr.scoring import Request, cache_arg, score, score_full
+from hpr.tiny import byte_tokenizer, tiny_llama
+from hpr.train import train
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])]
+DTYPES = [torch.float32, torch.bfloat16]
+#: Relative error allowed against a float64 reference (bf16 rounds to 2^-9 relative).
+REL = {torch.float32: 2e-5, torch.bfloat16: 1.5e-2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():  # noqa: ANN202
+    """Tiny models run fastest on one CPU thread (several threads fight over a busy CI machine's
+    cores: 30x slower); restored after this module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(device: str, dtype: torch.dtype, **kw: int) -> nn.Module:
+    return tiny_llama(**kw).to(device=device, dtype=dtype)
+
+
+def _editors(model: nn.Module, layers: tuple[int, ...], seed: int = 0) -> EditorSet:
+    """Random float32 editors (probe through the origin: about half the activations are edited)."""
+    torch.manual_seed(seed)
+    eds = {i: HPR(model.config.hidden_size, angle_layers=2) for i in layers}
+    return EditorSet(eds, fingerprint(model), list(layers))
+
+
+def _row_err(got: Tensor, want: Tensor) -> float:
+    """Largest ``|got - want| / |want|`` over rows, in float64 on the CPU."""
+    g, w = got.detach().cpu().double(), want.detach().cpu().double()
+    return float(((g - w).norm(dim=-1) / w.norm(dim=-1)).max())
+
+
+# --- kernels against a dense float64 Householder reference -----------------------------------
+
+
+def _dense_h(w: Tensor) -> Tensor:
+    w64 = w.double()
+    return torch.eye(len(w), dtype=torch.float64) - 2.0 * torch.outer(w64, w64) / (w64 @ w64)
+
+
+def _law_of_sines(x64: Tensor, hx64: Tensor, theta64: Tensor) -> Tensor:
+    """The paper's closed form ``sin(t)/sin(g) Hx + sin(g - t)/sin(g) x``, g = angle(x, Hx)."""
+    cos_g = (x64 * hx64).sum(-1) / (x64.norm(dim=-1) * hx64.norm(dim=-1))
+    g = torch.arccos(cos_g.clamp(-1.0, 1.0))
+    a = (torch.sin(theta64) / torch.sin(g)).unsqueeze(-1)
+    b = (torch.sin(g - theta64) / torch.sin(g)).unsqueeze(-1)
+    return a * hx64 + b * x64
+
+
+def _tilted_rows(n: int, w: Tensor, g: torch.Generator) -> Tensor:
+    """Rows at +-30 degrees from the hyperplane (alternating sides): far from every tolerance."""
+    wh = w / w.norm()
+    x = torch.randn(n, len(w), generator=g) * 3.0
+    perp = x - (x @ wh).unsqueeze(-1) * wh
+    side = torch.tensor([1.0 if i % 2 else -1.0 for i in range(n)]).unsqueeze(-1)
+    return perp + side * 0.5 * perp.norm(dim=-1, keepdim=True) * wh
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernels_match_dense_float64(device: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    d, n = 257, 32
+    w = torch.randn(d, generator=g)
+    x = _tilted_rows(n, w, g).to(dtype)  # the input as the device sees it
+    theta = torch.rand(n, generator=g) * math.pi
+    x64 = x.double()
+    hx64 = x64 @ _dense_h(w).T
+    rot64 = _law_of_sines(x64, hx64, theta.double())
+    xd, wd = x.to(device), w.to(device)
+    got_h, got_r = reflect(xd, wd), pseudo_rotate(xd, wd, theta.to(device))
+    for got in (got_h, got_r):
+        assert got.dtype == dtype and got.device.type == device
+    tol = REL[dtype]
+    assert _row_err(got_h, hx64) < tol
+    assert _row_err(got_r, rot64) < tol
+    assert _row_err(x64, hx64) > 50 * tol and _row_err(x64, rot64) > 50 * tol  # both move x
+
+
+@pytest.mark.parametrize("use_angle", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_editor_edit_matches_dense_float64(device: str, dtype: torch.dtype, use_angle: bool) -> None:
+    torch.manual_seed(1)
+    d = 64
+    editor = HPR(d, angle_layers=3, use_angle=use_angle)
+    w = editor.normal.detach().clone()
+    g = torch.Generator().manual_seed(2)
+    x = _tilted_rows(40, w, g).to(dtype)
+    x64 = x.double()
+    neg = (x64 @ w.double()) < 0
+    assert 0 < int(neg.sum()) < len(x)
+    ref_net = copy.deepcopy(editor).double()
+    with torch.no_grad():
+        theta64 = math.pi * torch.sigmoid(ref_net.angle(x64).squeeze(-1))
+    hx64 = x64 @ _dense_h(w).T
+    moved = _law_of_sines(x64, hx64, theta64) if use_angle else hx64
+    want = torch.where(neg.unsqueeze(-1), moved, x64)
+    got = editor.to(device).edit(x.to(device))
+    assert got.dtype == dtype and got.device.type == device
+    assert _row_err(got[neg.to(device)], want[neg]) < REL[dtype]
+    assert torch.equal(got[~neg.to(device)].cpu(), x[~neg])  # positives come back bit for bit
+    assert _row_err(x64[neg], want[neg]) > 50 * REL[dtype]
+
+
+# --- generate() with and without the KV cache -----------------------------------------------
+
+
+def _first_divergence(a: Tensor, b: Tensor) -> int:
+    diff = (a != b).nonzero()
+    return int(diff[0]) if len(diff) else len(a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_generate_with_and_without_kv_cache(device: str, dtype: torch.dtype) -> None:
+    """Same tokens with and without the cache while editing. In bfloat16 the two paths round
+    differently, so tokens may part only at a near-tie of the top two logits; up to there the
+    logits must agree."""
+    tok = byte_tokenizer()
+    model = _model(device, dtype)
+    enc = tok(["Hello there", "Why is the sky"], return_tensors="pt", padding=True, padding_side="left").to(device)
+    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
+              output_logits=True)
+    with _editors(model, (0, 2), seed=3).apply(model):
+        cached = model.generate(**enc, use_cache=True, **kw)
+        uncached = model.generate(**enc, use_cache=False, **kw)
+    base = model.generate(**enc, use_cache=True, **kw)
+    n = enc["input_ids"].shape[1]
+    lc = torch.stack(cached.logits, 1).float().cpu()  # (B, T, V)
+    lu = torch.stack(uncached.logits, 1).float().cpu()
+    lb = torch.stack(base.logits, 1).float().cpu()
+    tol = 1e-4 if dtype == torch.float32 else 0.15 * float(lc.abs().max())
+    for row in range(len(lc)):
+        t = _first_divergence(cached.sequences[row, n:].cpu(), uncached.sequences[row, n:].cpu())
+        if dtype == torch.float32:
+            assert t == lc.shape[1], f"row {row}: tokens differ at step {t}"
+        torch.testing.assert_close(lc[row, : t + 1], lu[row, : t + 1], rtol=0, atol=tol)
+        if t < lc.shape[1]:  # only a near-tie may flip the greedy choice
+            top2 = lc[row, t].topk(2).values
+            assert float(top2[0] - top2[1]) < 2 * tol, f"row {row}: tokens differ at step {t} without a tie"
+    assert float((lc[:, 0] - lb[:, 0]).abs().max()) > 5 * tol  # the edit changes the first step
+
+
+# --- the scorer: mixed-length batches equal one request at a time ---------------------------
+
+PRIMER = "Q: A shared primer for every question.\nA: It is.\n\n"
+
+
+def _requests() -> list[Request]:
+    return [Request(f"r{i}", f"{PRIMER}Q: question {i}{'?' * (3 * i)}\nA:",
+                    (" yes", " no, never" + "!" * i, " m", " it depends on the day" + " x" * i))
+            for i in range(5)]
+
+
+def _maxdiff(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+#: Log-likelihood (nats, summed over up to ~25 tokens) agreement between scoring paths.
+LL_TOL = {torch.float32: 1e-4, torch.bfloat16: 0.1}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_scorer_mixed_length_batches_equal_single(device: str, dtype: torch.dtype) -> None:
+    tok = byte_tokenizer()
+    model = _model(device, dtype)
+    reqs = _requests()
+    eds = _editors(model, (1, 2))
+    batched = score(model, tok, reqs, method=eds, batch_size=4, progress=False)
+    single = [score(model, tok, [r], method=eds, batch_size=1, progress=False)[0] for r in reqs]
+    full = score_full(model, tok, reqs, method=eds)
+    base = score(model, tok, reqs, batch_size=4, progress=False)
+    tol = LL_TOL[dtype]
+    assert _maxdiff(batched, single) < tol
+    assert _maxdiff(batched, full) < tol
+    assert _maxdiff(batched, base) > 4 * tol  # the editors change the scores
+    spread = max(max(r) - min(r) for r in full)
+    assert spread > 20 * tol  # choices differ by far more than the tolerance
+
+
+class _OtherCacheName(LlamaForCausalLM):
+    """A Llama whose ``forward`` takes the KV cache under the other name than this transformers'
+    (``past_key_values`` in 5.24, ``cache`` in 5.17): the scorer must pass it under that name."""
+
+    OWN = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+    OTHER = "past_key_values" if OWN == "cache" else "cache"
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,  # type: ignore[override]
+                **kw: Any) -> Any:
+        kw.pop(self.OWN, None)  # ignored, as a model ignores a cache under a name it does not take
+        if self.OTHER in kw:
+            kw[self.OWN] = kw.pop(self.OTHER)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+
+_OtherCacheName.forward.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+    for n in ("self", "input_ids", "attention_mask", _OtherCacheName.OTHER, "use_cache", "logits_to_keep")
+])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scorer_passes_the_cache_under_the_models_name(device: str) -> None:
+    """transformers 5.17 names the argument ``past_key_values``, 5.24 ``cache``; a model given the
+    wrong name ignores the cache (the 5.17 failure). Both names give the reference scores."""
+    tok = byte_tokenizer()
+    model = tiny_llama()
+    other = _OtherCacheName(model.config).eval()
+    other.load_state_dict(model.state_dict())
+    model.to(device)
+    other.to(device)
+    reqs = _requests()[:3]
+    want = score_full(model, tok, reqs)
+    assert cache_arg(model) == _OtherCacheName.OWN and cache_arg(other) == _OtherCacheName.OTHER
+    for m in (model, other):
+        assert _maxdiff(score(m, tok, reqs, batch_size=2, progress=False), want) < 1e-4
+
+
+# --- capture -> train -> score ----------------------------------------------------------------
+
+RECORDS = [Record(f"q{i}", f"Is {i} an odd number?", ("no" if i % 2 == 0 else "yes", "perhaps", "never ever"),
+                  (0,), best=0, mc1=(0, 1, 2)) for i in range(8)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_capture_train_score(device: str, dtype: torch.dtype) -> None:
+    tok = byte_tokenizer()
+    model = _model(device, dtype)
+    cap = run_capture(model, tok, RECORDS, layers=[1, 2], prompt_format="qa", progress=False)
+    ref = run_capture(tiny_llama(), tok, RECORDS, layers=[1, 2], prompt_format="qa", progress=False)
+    assert cap.data.dtype == (torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+    act_tol = 1e-4 if dtype == torch.float32 else 0.05
+    assert _row_err(cap.data.reshape(-1, cap.hidden_size), ref.data.reshape(-1, cap.hidden_size)) < act_tol
+    kw = dict(epochs=2, batch_size=8, angle_layers=2, k=2, progress=False)
+    eds = train(cap, device=device, **kw)
+    assert sorted(eds.selected) == [1, 2]
+    if dtype == torch.float32:  # the same data trained on the CPU gives the same editors
+        eds_cpu = train(ref, device="cpu", **kw)
+        for i in (1, 2):
+            torch.testing.assert_close(eds.editors[i].normal, eds_cpu.editors[i].normal, rtol=1e-3, atol=1e-4)
+    reqs = [Request(r.id, f"Q: {r.prompt}\nA:", tuple(" " + c for c in r.choices)) for r in RECORDS[:4]]
+    edited = score(model, tok, reqs, method=eds, batch_size=3, progress=False)
+    full = score_full(model, tok, reqs, method=eds)
+    base = score(model, tok, reqs, batch_size=3, progress=False)
+    # Trained probes put some activations near their hyperplane, where bf16 rounding can flip the
+    # edit decision of one token: a looser bound than for the random editors above.
+    tol = LL_TOL[dtype] * (1 if dtype == torch.float32 else 3)
+    assert _maxdiff(edited, full) < tol
+    assert _maxdiff(edited, base) > 2 * tol
+    assert eds.editors[1].normal.device.type == device  # the hooks moved the editors to the model
+
+
+# --- ITI, Diff and LoRA: apply edits, removal restores bit for bit ---------------------------
+
+
+def _batch(device: str) -> dict[str, Tensor]:
+    tok = byte_tokenizer()
+    enc = tok(["Q: hello\nA: world", "Q: hi\nA:  there!"], return_tensors="pt", padding=True)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _grab(seen: dict[str, Tensor], name: str, pre: bool):  # noqa: ANN202
+    if pre:
+        return lambda _m, a: seen.__setitem__(name, a[0].detach().clone())
+    return lambda _m, _a, o: seen.__setitem__(name, (o[0] if isinstance(o, tuple) else o).detach().clone())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_iti_apply_and_remove(device: str, dtype: torch.dtype) -> None:
+    model = _model(device, dtype)
+    ids = _batch(device)
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.randn(2, 16, generator=g)
+    iti = ITI([(1, 0), (1, 3)], dirs / dirs.norm(dim=-1, keepdim=True), torch.tensor([2.0, 3.0]),
+              fingerprint(model), num_heads=4, head_dim=16, alpha=5.0)
+    proj = model.model.layers[1].self_attn.o_proj
+    seen: dict[str, Tensor] = {}
+    with torch.no_grad():
+        base = model(**ids).logits
+        first = proj.register_forward_pre_hook(_grab(seen, "before", pre=True))  # runs before the edit
+        with iti.apply(model):
+            last = proj.register_forward_pre_hook(_grab(seen, "after", pre=True))  # sees the edit
+            edited = model(**ids).logits
+        first.remove()
+        last.remove()
+        after = model(**ids).logits
+    shift = torch.zeros(64, dtype=torch.float64)
+    for (_, head), dvec, s in zip(iti.heads, iti.directions, iti.sigmas, strict=True):
+        shift[head * 16 : (head + 1) * 16] += 5.0 * float(s) * dvec.double()
+    delta = (seen["after"].double() - seen["before"].double()).cpu()
+    scale = float(seen["before"].abs().max()) + float(shift.abs().max())
+    atol = 1e-6 * scale if dtype == torch.float32 else 1e-2 * scale
+    torch.testing.assert_close(delta, shift.expand_as(delta), rtol=0, atol=atol)
+    assert float(shift.abs().max()) > 20 * atol
+    assert not torch.allclose(edited, base)
+    assert torch.equal(after, base)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_diff_apply_and_remove(device: str, dtype: torch.dtype) -> None:
+    model = _model(device, dtype)
+    ids = _batch(device)
+    torch.manual_seed(1)
+    method = Diff({i: diff_net(64) for i in range(4)}, fingerprint(model), [1, 2])
+    block = decoder_layers(model)[2]
+    seen: dict[str, Tensor] = {}
+    with torch.no_grad():
+        base = model(**ids).logits
+        first = block.register_forward_hook(_grab(seen, "before", pre=False))
+        with method.apply(model):
+            last = block.register_forward_hook(_grab(seen, "after", pre=False))
+            edited = model(**ids).logits
+        first.remove()
+        last.remove()
+        after = model(**ids).logits
+        net64 = copy.deepcopy(method.nets[2]).cpu().double()
+        a64 = seen["before"].cpu().double()
+        want = a64 + net64(a64)
+    assert _row_err(seen["after"].reshape(-1, 64), want.reshape(-1, 64)) < REL[dtype]
+    assert _row_err(a64.reshape(-1, 64), want.reshape(-1, 64)) > 20 * REL[dtype]
+    assert not torch.allclose(edited, base)
+    assert torch.equal(after, base)
+
+
+def _merged_lora_copy(model: nn.Module, state: dict[str, Tensor], scaling: float) -> nn.Module:
+    """A float64 CPU copy of ``model`` with ``W + scaling B A`` for every adapted linear layer."""
+    ref = copy.deepcopy(model).cpu().double()
+    mods = dict(ref.named_modules())
+    n = 0
+    for key, a in state.items():
+        if ".lora_A." not in key:
+            continue
+        path = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+        b = state[key.replace(".lora_A.", ".lora_B.")]
+        with torch.no_grad():
+            mods[path].weight += scaling * (b.double() @ a.double())
+        n += 1
+    assert n > 0
+    return ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_lora_apply_and_remove(device: str, dtype: torch.dtype) -> None:
+    tok = byte_tokenizer()
+    model = _model(device, dtype)
+    lora = fit_lora(model=model, tokenizer=tok, train=RECORDS[:4], val=[], max_steps=3, batch_size=4,
+                    lr=5e-2, progress=False)
+    assert lora.config["train_loss_last"] == lora.config["train_loss_last"]  # not NaN
+    ids = _batch(device)
+    scaling = lora.adapter_config["lora_alpha"] / lora.adapter_config["r"]
+    ref = _merged_lora_copy(model, lora.state, scaling)
+    with torch.no_grad():
+        base = model(**ids).logits
+        with lora.apply(model):
+            edited = model(**ids).logits
+        after = model(**ids).logits
+        want = ref(**{k: v.cpu() for k, v in ids.items()}).logits
+    mask = ids["attention_mask"].bool().cpu()
+    tol = REL[dtype] * 10 if dtype == torch.bfloat16 else 1e-4
+    assert _row_err(edited.cpu()[mask], want[mask]) < tol
+    assert _row_err(base.cpu()[mask], want[mask]) > 5 * tol  # the adapter matters
+    assert torch.equal(after, base)
+
+
+# --- a model split over two devices -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_map_split_follows_each_block(device: str, tmp_path) -> None:
+    """Blocks 0-1 on ``device``, blocks 2-3 and the head on the CPU (on a CPU-only machine both halves
+    are the CPU, which still checks the test itself). Edits, generation and scores equal the model on
+    one device."""
+    from hpr.models import load_model
+
+    tiny_llama().save_pretrained(tmp_path / "m")
+    byte_tokenizer().save_pretrained(tmp_path / "m")
+    first = 0 if device == "cuda" else "cpu"
+    dmap = {"model.embed_tokens": first, "model.rotary_emb": first, "model.layers.0": first,
+            "model.layers.1": first, "model.layers.2": "cpu", "model.layers.3": "cpu", "model.norm": "cpu",
+            "lm_head": "cpu"}
+    split, tok = load_model(str(tmp_path / "m"), device_map=dmap, dtype="float32")
+    ref, _ = load_model(str(tmp_path / "m"), device="cpu", dtype="float32")
+    assert next(decoder_layers(split)[1].parameters()).device.type == device
+    assert next(decoder_layers(split)[2].parameters()).device.type == "cpu"
+    eds, eds_ref = _editors(split, (1, 2), seed=4), _editors(ref, (1, 2), seed=4)
+    enc = tok(["Hello there", "Why is the sky"], return_tensors="pt", padding=True, padding_side="left")
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    with eds.apply(split):
+        got = split.generate(**{k: v.to(split.device) for k, v in enc.items()}, **kw)
+        assert eds.editors[1].normal.device.type == device  # each editor follows its block
+        assert eds.editors[2].normal.device.type == "cpu"
+    with eds_ref.apply(ref):
+        want = ref.generate(**enc, **kw)
+    base = ref.generate(**enc, **kw)
+    assert torch.equal(got.cpu(), want)
+    assert not torch.equal(want, base)
+    reqs = _requests()
+    scores = score(split, tok, reqs, method=eds, batch_size=3, progress=False)
+    ref_scores = score(ref, tok, reqs, method=eds_ref, batch_size=3, progress=False)
+    assert _maxdiff(scores, ref_scores) < 1e-4
+    assert _maxdiff(ref_scores, score(ref, tok, reqs, batch_size=3, progress=False)) > 1e-2
