@@ -280,24 +280,6 @@ def train(
     dataset: str | None = None, progress: bool = True, device: str | torch.device | None = None,
     **overrides: Any,
 ) -> EditorSet:
-    """``_train`` with denormal floats flushed to zero on the CPU (restored afterwards).
-
-    Models with large residual norms (Gemma-3) drive some of the angle network's gradients into
-    the denormal range, where CPU arithmetic is slow; values below 1.2e-38 do not change training.
-    """
-    torch.set_flush_denormal(True)
-    try:
-        return _train(train_cap, val_cap, config=config, dataset=dataset, progress=progress, device=device,
-                      **overrides)
-    finally:
-        torch.set_flush_denormal(False)
-
-
-def _train(
-    train_cap: Captured, val_cap: Captured | None = None, *, config: TrainConfig | None = None,
-    dataset: str | None = None, progress: bool = True, device: str | torch.device | None = None,
-    **overrides: Any,
-) -> EditorSet:
     """Train one HPR editor per captured layer; return them with the top ``k`` selected.
 
     ``overrides`` set ``TrainConfig`` fields (``lr``, ``epochs``, ``batch_size``, ``seed``, ``k``,

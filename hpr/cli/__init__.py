@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "eval"):
+        import torch
+
+        torch.set_flush_denormal(True)  # before any threaded op, so OpenMP workers inherit it (study.configure)
     try:
         return int(args.func(args) or 0)
     except HPRError as exc:
