@@ -45,6 +45,9 @@ def main() -> int:
                             check=True).stdout.strip()
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = {**os.environ, "HPR_CACHE_DIR": str(caches / "hpr"), "HPR_MODEL_CACHE": str(caches / "models")}
+    shared = ROOT.parent / "shared" / "data"  # the clone sits one level deeper than this checkout
+    if "HPR_DATA_DIR" not in env and (shared / "toxigen").is_dir():
+        env["HPR_DATA_DIR"] = str(shared)
     log = work / "make-book.log"
     t0 = time.perf_counter()
     with log.open("w") as fh:
@@ -57,6 +60,7 @@ def main() -> int:
         meta = nbformat.read(nb_path, as_version=4).metadata
         notebooks[nb_path.stem] = meta.get("papermill", {}).get("duration")
     result = {"command": "make book", "commit": commit, "exit_code": rc, "wall_s": round(wall, 1),
+              "hpr_data_dir": env.get("HPR_DATA_DIR"),
               "notebook_s": notebooks, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": str(log)}
     from hpr import io
