@@ -1,7 +1,7 @@
 """Time ``make book`` from a fresh clone and write ``benchmarks/results/book_time.json``.
 
-Clones this repository's HEAD into ``--workdir`` (default: a sibling folder ``hpr-book-timing``,
-so that ``../shared/data`` is found the way a checkout finds it), gives it empty hpr caches
+Clones this repository's HEAD into ``--workdir`` (default: a sibling folder ``hpr-book-timing``;
+``../shared/data`` of this checkout is passed as ``HPR_DATA_DIR`` when it exists), gives it empty hpr caches
 (models, activations, data; ``HPR_CACHE_DIR`` and ``HPR_MODEL_CACHE`` under the work folder) and
 runs ``make book`` there. pip's own cache stays warm (the "warm install" of the target). Run it
 alone: any other CPU job on the machine slows the book down. Prints the JSON it writes.
