@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         monkeypatch.setenv("HPR_MODEL_CACHE", str(Path(real) / "models"))
     if "HPR_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hpr-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _no_flush_denormal() -> Iterator[None]:
+    """``study.configure`` and the train/eval CLI flush denormals process-wide (a setting of the
+    notebook kernel or CLI process); tests that call them in-process must not leave it on for the
+    tests after them (the kernels' tests use tiny values on purpose)."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)
