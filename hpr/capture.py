@@ -30,7 +30,7 @@ from .architectures import fingerprint as model_fingerprint
 from .errors import DataError, ParameterError
 from .prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
 from .records import Record
-from .scoring import max_positions
+from .scoring import cache_arg, max_positions
 
 #: Bump when the capture procedure changes, to invalidate old caches.
 CAPTURE_VERSION = 1
@@ -74,13 +74,6 @@ def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
 
     params = inspect.signature(model.forward).parameters
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-
-
-def _cache_name(model: nn.Module) -> str:
-    """The KV-cache argument and output field: ``cache`` (transformers >= 5.2x) or the old name."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -135,7 +128,7 @@ def _run_shared_prompt(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: 
     """
     device = next(model.parameters()).device
     prompt = torch.tensor([seqs[idx[0]].prompt], device=device)
-    name = _cache_name(model)
+    name = cache_arg(model)  # the KV-cache argument and output field of this transformers version
     out = model(input_ids=prompt, use_cache=True, **extra)
     cache = getattr(out, name)
     n, p = len(idx), prompt.shape[1]

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from . import io
-from .errors import DataError
+from .errors import DataError, ParameterError
 from .metrics import flip_rates, predict, summarize
 from .records import Record
 
@@ -69,7 +69,8 @@ def configure(**options: Any) -> Settings:
     torch.set_flush_denormal(True)
     unknown = set(options) - set(Settings.__dataclass_fields__)
     if unknown:
-        raise DataError(f"unknown study setting(s) {sorted(unknown)}; known: {sorted(Settings.__dataclass_fields__)}")
+        raise ParameterError(f"unknown study setting(s) {sorted(unknown)}; known: "
+                             f"{sorted(Settings.__dataclass_fields__)}")
     SETTINGS = replace(Settings(), **{k: v for k, v in options.items() if v is not None})
     return SETTINGS
 

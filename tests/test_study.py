@@ -37,3 +37,12 @@ def test_iti_15_is_iti_one_results_file(tmp_path: Path) -> None:
         "m", "iti", "truthfulqa", 0, tmp_path)
     assert study.results_path("m", "iti-200", "truthfulqa", 0, tmp_path) != study.results_path(
         "m", "iti", "truthfulqa", 0, tmp_path)
+
+
+def test_configure_refuses_unknown_settings() -> None:
+    import pytest
+
+    from hpr.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="unknown study setting"):
+        study.configure(sourc="hub")
