@@ -265,6 +265,79 @@ def _method_ctx(method: Any, model: nn.Module) -> Any:
     return nullcontext() if method is None else method.apply(model)
 
 
+def _segments(enc: Encoded) -> list[tuple[int, ...]]:
+    """The continuation-pass inputs of ``enc``: each continuation longer than one token, minus its
+    last token (the first token is predicted by the context pass)."""
+    return [c[:-1] for c in enc.continuations if len(c) > 1]
+
+
+def _chunks(encs: Sequence[Encoded], n_prefix: int, batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Question indices grouped for one context pass and one packed continuation pass each.
+
+    Questions are sorted by their packed continuation length (then context length) so that rows of a
+    pass have similar widths; a pass holds at most ``batch_size`` questions and, beyond its first
+    question, at most ``max_tokens`` padded tokens per pass.
+    """
+    width = [sum(len(s) for s in _segments(e)) for e in encs]
+    tail = [len(e.context) - n_prefix for e in encs]
+    order = sorted(range(len(encs)), key=lambda i: (width[i], tail[i]))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    w = t = 0
+    for i in order:
+        nw, nt = max(w, width[i]), max(t, tail[i])
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * max(nw, nt) > max_tokens):
+            out.append(cur)
+            cur, nw, nt = [], width[i], tail[i]
+        cur.append(i)
+        w, t = nw, nt
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _packed_inputs(
+    rows: Sequence[Sequence[tuple[int, ...]]], context_lens: Sequence[int], kv_len: int, pad: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Input ids ``(B, S)``, position ids ``(B, S)`` and a boolean attention mask ``(B, 1, S, kv_len + S)``
+    for one packed continuation pass.
+
+    Row ``b`` holds its question's segments back to back. A token of a segment sees the first
+    ``context_lens[b]`` cache positions (shared prefix and its own context; the rest of the cache is
+    the context pass's padding) and the earlier tokens of its own segment, at positions that continue
+    the context, so each segment is scored as if it followed the context alone. Padding tokens see
+    the context and themselves (every row of the mask attends somewhere, so no NaN can arise).
+    """
+    width = max([sum(len(s) for s in r) for r in rows] + [1])
+    n = len(rows)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, 1, width, kv_len + width), dtype=torch.bool)
+    for b, (segs, ctx) in enumerate(zip(rows, context_lens, strict=True)):
+        mask[b, 0, :, :ctx] = True
+        o = 0
+        for seg in segs:
+            m = len(seg)
+            ids[b, o : o + m] = torch.tensor(seg, dtype=torch.long)
+            pos[b, o : o + m] = ctx + torch.arange(m)
+            mask[b, 0, o : o + m, kv_len + o : kv_len + o + m] = torch.ones(m, m, dtype=torch.bool).tril()
+            o += m
+        rest = torch.arange(o, width)
+        mask[b, 0, rest, kv_len + rest] = True
+        pos[b, o:] = ctx
+    return ids, pos, mask
+
+
+def _row_logprobs(logits: Tensor, row: int, cols: slice | int, targets: Sequence[int]) -> list[float]:
+    """``log_softmax(logits[row, cols])`` at ``targets`` (float32, summed later in float64): one
+    fused log-softmax over a contiguous slice of positions, no copy of the full logits."""
+    x = logits[row, cols].float()
+    t = torch.tensor(targets, dtype=torch.long, device=logits.device)
+    if x.dim() == 1:
+        return F.log_softmax(x, dim=-1)[t].double().tolist()
+    return F.log_softmax(x, dim=-1).gather(-1, t[:, None]).squeeze(-1).double().tolist()
+
+
 @torch.no_grad()
 def score(
     model: nn.Module,
@@ -273,25 +346,37 @@ def score(
     *,
     method: Any = None,
     batch_size: int = 16,
+    max_tokens: int | None = None,
     progress: bool = True,
     add_bos: bool | None = None,
 ) -> list[list[float]]:
     """Per-request, per-continuation log-likelihoods (nats, summed over continuation tokens).
 
     ``method``: anything with an ``apply(model)`` context manager (``None`` = the model as is);
-    the whole scoring, shared prefix included, runs inside it. ``batch_size``: questions per
-    context pass and choices per continuation pass. ``add_bos``: see ``tok_encode``.
+    the whole scoring, shared prefix included, runs inside it. ``batch_size``: questions per pass;
+    ``max_tokens``: padded tokens per pass (default: as many as keep a pass's float32 logits
+    within 2 GiB, at most 1024: on two CPU cores larger passes were slower, not faster). ``add_bos``: see ``tok_encode``.
+
+    Each pass runs a batch of questions' contexts (right-padded) on the shared prefix's KV cache,
+    then all their continuations at once, packed per question into one row with an attention mask
+    that lets each continuation see only its context and itself (``_packed_inputs``).
     """
     if batch_size < 1:
         raise ParameterError(f"batch_size must be at least 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ParameterError(f"max_tokens must be at least 1, got {max_tokens}")
     encs = fit_lengths([encode_request(tokenizer, r, add_bos) for r in requests], max_positions(model))
     if not encs:
         return []
     longest = max(len(e.context) + max(len(c) for c in e.continuations) for e in encs)
     window = _sliding_window(model)
     if window is not None and longest >= window:
-        # A sliding-window cache drops old keys; fall back to full sequences (still exact).
+        # A sliding-window cache drops old keys; fall back to full sequences (still exact). Below the
+        # window, packing is exact too: every key a token sees lies within ``longest`` positions of it.
         return score_full(model, tokenizer, requests, method=method, progress=progress, add_bos=add_bos)
+    if max_tokens is None:
+        vocab = int(getattr(model.get_output_embeddings(), "out_features", 0) or 1)
+        max_tokens = max(256, min(1024, (2 << 30) // (4 * vocab)))
     device = _device(model)
     arg = cache_arg(model)
     pad = getattr(tokenizer, "pad_token_id", None)
@@ -306,9 +391,8 @@ def score(
             model(input_ids=ids, **{arg: cache}, use_cache=True, logits_to_keep=1)
             prefix_kv = _kv(cache)
         bar = tqdm(total=len(encs), desc="scoring", unit="q", disable=not progress)
-        for start in range(0, len(encs), batch_size):
-            chunk = encs[start : start + batch_size]
-            tails = [e.context[n_prefix:] for e in chunk]
+        for chunk in _chunks(encs, n_prefix, batch_size, max_tokens):
+            tails = [encs[i].context[n_prefix:] for i in chunk]
             # Logits only at each row's last position: a 1-D ``logits_to_keep`` (the distinct last
             # positions, kept for every row) means the same in transformers 5.17 and 5.24. It stays
             # on the CPU, which indexes hidden states on any device (with ``device_map`` the last
@@ -318,33 +402,27 @@ def score(
             res = model(input_ids=_pad(tails, pad, device), **{arg: cache}, use_cache=True,
                         logits_to_keep=torch.tensor(keep, dtype=torch.long))
             col = [keep.index(len(t) - 1) for t in tails]
-            first_lp = F.log_softmax(res.logits[torch.arange(len(tails)), col].float(), dim=-1)  # (B, V)
-            for j, enc in enumerate(chunk):
-                q_kv = _kv(cache, row=j, length=n_prefix + len(tails[j]))
-                out[start + j] = _score_choices(model, enc, first_lp[j], q_kv, pad, batch_size, device, arg)
-                bar.update(1)
+            segs = [_segments(encs[i]) for i in chunk]
+            totals = [_row_logprobs(res.logits, b, col[b], [c[0] for c in encs[i].continuations])
+                      for b, i in enumerate(chunk)]
+            if any(segs):
+                kv_len = n_prefix + max(len(t) for t in tails)
+                ids, pos, mask = _packed_inputs(segs, [n_prefix + len(t) for t in tails], kv_len, pad)
+                res = model(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device),
+                            **{arg: cache}, use_cache=True)
+                for b, i in enumerate(chunk):
+                    conts = encs[i].continuations
+                    tgts = [t for c in conts for t in c[1:]]
+                    if not tgts:
+                        continue
+                    lps = iter(_row_logprobs(res.logits, b, slice(0, len(tgts)), tgts))
+                    for j, c in enumerate(conts):
+                        totals[b][j] += sum(next(lps) for _ in c[1:])
+            for b, i in enumerate(chunk):
+                out[i] = [float(x) for x in totals[b]]
+            bar.update(len(chunk))
         bar.close()
     return out
-
-
-def _score_choices(
-    model: nn.Module, enc: Encoded, first_lp: Tensor, q_kv: KV, pad: int, batch_size: int, device: torch.device,
-    arg: str,
-) -> list[float]:
-    """Log-likelihoods of ``enc``'s continuations on top of its context cache ``q_kv`` (passed as ``arg``)."""
-    totals = [float(first_lp[c[0]]) for c in enc.continuations]
-    longer = [i for i, c in enumerate(enc.continuations) if len(c) > 1]
-    for s in range(0, len(longer), batch_size):
-        idx = longer[s : s + batch_size]
-        inputs = [enc.continuations[i][:-1] for i in idx]
-        cache = _cache(model, q_kv, len(idx))
-        res = model(input_ids=_pad(inputs, pad, device), **{arg: cache}, use_cache=True)
-        lp = F.log_softmax(res.logits.float(), dim=-1)  # (b, L, V)
-        for row, i in enumerate(idx):
-            targets = torch.tensor(enc.continuations[i][1:], dtype=torch.long, device=lp.device)
-            picked = lp[row, : len(targets)].gather(-1, targets[:, None]).squeeze(-1)
-            totals[i] += float(picked.double().sum())
-    return totals
 
 
 @torch.no_grad()

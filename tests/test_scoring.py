@@ -71,6 +71,45 @@ def test_batch_size_does_not_change_scores(tiny_model, tokenizer) -> None:
     assert _maxdiff(a, b) < 1e-5
 
 
+def _mixed_requests() -> list[Request]:
+    """Contexts of different lengths; continuations of one token only (ToxiGen-like), of many,
+    and mixed, so packed rows differ in width and some rows hold no continuation pass at all."""
+    out = []
+    for i in range(9):
+        ctx = f"{PRIMER}\n\nQ: {'why ' * (i % 4)}question {i}\nA:"
+        if i % 3 == 0:
+            conts: tuple[str, ...] = (" a", " b")  # one byte token each: no continuation pass
+        elif i % 3 == 1:
+            conts = (" a", " not at all" + "!" * i, " yes, " * (i % 5 + 1))
+        else:
+            conts = (" the very long answer number " + str(i) * i, " q")
+        out.append(Request(f"m{i}", ctx, conts))
+    return out
+
+
+@pytest.mark.parametrize("max_tokens", [1, 40, 200, None])
+def test_packed_passes_equal_full_sequences(tiny_model, tokenizer, max_tokens) -> None:
+    """Packing a pass's continuations into one row per question (block mask, positions that
+    continue each context) gives every continuation the log-likelihood of its own full sequence,
+    for every pass size, with and without edits (``max_tokens=1``: one question per pass)."""
+    reqs = _mixed_requests()
+    eds = _editors(tiny_model)
+    for method in (None, eds):
+        packed = score(tiny_model, tokenizer, reqs, method=method, batch_size=4, max_tokens=max_tokens,
+                       progress=False)
+        assert _maxdiff(packed, score_full(tiny_model, tokenizer, reqs, method=method)) < 1e-5
+
+
+def test_packed_pass_count(tiny_model, tokenizer) -> None:
+    """One context pass and at most one continuation pass per group of questions."""
+    reqs = _mixed_requests()
+    with count_tokens(tiny_model) as c:
+        score(tiny_model, tokenizer, reqs, batch_size=16, max_tokens=10_000, progress=False)
+    assert c.calls == 3  # shared prefix, contexts, packed continuations
+    with pytest.raises(ParameterError, match="max_tokens"):
+        score(tiny_model, tokenizer, reqs, max_tokens=0, progress=False)
+
+
 def test_fewer_tokens_than_full(tiny_model, tokenizer) -> None:
     reqs = _requests()
     with count_tokens(tiny_model) as native:
