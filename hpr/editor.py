@@ -26,6 +26,19 @@ from .kernels import edit_negatives
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "hpr-editor-set/1"
+#: What the angle network reads: ``"raw"`` the activation itself (the paper and the authors' code);
+#: ``"unit"`` the activation scaled to norm sqrt(d), ``sqrt(d) x / |x|`` (unit RMS per coordinate:
+#: our variant ``hpr-unit``, for models whose residual norms saturate the raw network).
+ANGLE_INPUTS = ("raw", "unit")
+
+
+def angle_input_of(x: Tensor, angle_input: str) -> Tensor:
+    """The angle network's input for activations ``x`` (..., d): ``x``, or ``sqrt(d) x / |x|``."""
+    if angle_input == "raw":
+        return x
+    xf = x.float()
+    scale = math.sqrt(x.shape[-1]) / torch.linalg.vector_norm(xf, dim=-1, keepdim=True).clamp_min(1e-30)
+    return (xf * scale).to(x.dtype)
 
 
 def angle_widths(hidden_size: int, angle_layers: int) -> list[int]:
@@ -51,14 +64,19 @@ class HPR(nn.Module):
     ``forward(x)`` returns ``(p, theta)``: the probe's probability that ``x`` is positive and the
     predicted rotation angle in radians, both of shape ``x.shape[:-1]``. ``edit(x)`` rotates the
     activations the probe calls negative (p < 0.5) by ``theta`` towards their reflection; with
-    ``use_angle=False`` (the -AnglePred ablation) it reflects them instead.
+    ``use_angle=False`` (the -AnglePred ablation) it reflects them instead. ``angle_input``
+    (``ANGLE_INPUTS``): what the angle network reads, ``"raw"`` (the paper's design) or ``"unit"``.
     """
 
-    def __init__(self, hidden_size: int, angle_layers: int = 4, use_angle: bool = True) -> None:
+    def __init__(self, hidden_size: int, angle_layers: int = 4, use_angle: bool = True,
+                 angle_input: str = "raw") -> None:
         super().__init__()
+        if angle_input not in ANGLE_INPUTS:
+            raise EditorError(f"angle_input must be one of {ANGLE_INPUTS}, got {angle_input!r}")
         self.hidden_size = hidden_size
         self.angle_layers = angle_layers
         self.use_angle = use_angle
+        self.angle_input = angle_input
         self.probe = nn.Linear(hidden_size, 1, bias=False)
         self.angle = mlp(angle_widths(hidden_size, angle_layers))
         self._cache: tuple[Any, ...] | None = None
@@ -75,6 +93,7 @@ class HPR(nn.Module):
     def theta(self, x: Tensor) -> Tensor:
         """Predicted angle in radians, in (0, pi), shape ``x.shape[:-1]``."""
         dtype = next(self.angle.parameters()).dtype
+        x = angle_input_of(x, self.angle_input)
         return math.pi * torch.sigmoid(self.angle(x.to(dtype)).squeeze(-1).float())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,7 +114,8 @@ class HPR(nn.Module):
         weights and biases, and ``stacked``: whether the angle network is float32 with two or more
         layers. Then the first layer has ``w^`` stacked on top (``x @ W.T + b`` gives ``x . w^`` and
         the first hidden layer in one product) and the second a zero first column (it takes that
-        whole output and ignores ``x . w^``).
+        whole output and ignores ``x . w^``). Not stacked when the angle network reads ``"unit"``
+        input (it reads another vector than the normal's dot product).
         Rebuilt when a parameter changes in place (its version), is replaced, moved or cast (its
         storage); changes made through ``.data`` are not seen."""
         params = self._params()
@@ -105,7 +125,7 @@ class HPR(nn.Module):
             wh = w / w.norm().clamp_min(torch.finfo(torch.float32).tiny)
             ws = [t.detach() for t in params[1::2]]
             bs = [t.detach() for t in params[2::2]]
-            stacked = ws[0].dtype == torch.float32 and len(ws) > 1
+            stacked = ws[0].dtype == torch.float32 and len(ws) > 1 and self.angle_input == "raw"
             if stacked:
                 ws[0], bs[0] = torch.cat([wh[None], ws[0]]), torch.cat([wh.new_zeros(1), bs[0]])
                 ws[1] = torch.cat([ws[1].new_zeros(ws[1].shape[0], 1), ws[1]], dim=1)
@@ -121,13 +141,14 @@ class HPR(nn.Module):
         operations: at decode each edit sees a few rows, and per-operation costs dominate).
         ``compiled=True`` runs it through ``torch.compile`` (same results; eager if that fails).
         """
-        return edit_with(x, self._cached(), self.use_angle, compiled)
+        return edit_with(x, self._cached(), self.use_angle, compiled, self.angle_input)
 
     def __call__(self, x: Tensor) -> Any:  # typed for mypy; nn.Module dispatches to forward
         return super().__call__(x)
 
 
-def edit_with(x: Tensor, cached: tuple[Any, ...], use_angle: bool = True, compiled: bool = False) -> Tensor:
+def edit_with(x: Tensor, cached: tuple[Any, ...], use_angle: bool = True, compiled: bool = False,
+              angle_input: str = "raw") -> Tensor:
     """``HPR.edit`` given the editor's ``_cached()`` arguments (the hooks read those once per block)."""
     wh, ws, bs, stacked = cached
     if x.shape[-1] != wh.shape[0]:
@@ -146,6 +167,12 @@ def edit_with(x: Tensor, cached: tuple[Any, ...], use_angle: bool = True, compil
         if not use_angle:
             xf = x.float()
             out = edit_negatives(xf, wh, (xf @ wh).unsqueeze(-1), None)
+        elif angle_input != "raw":
+            xf = x.float()
+            h = F.linear(angle_input_of(xf, angle_input).to(ws[0].dtype), ws[0], bs[0])
+            for w, b in zip(ws[1:], bs[1:], strict=True):
+                h = F.linear(F.gelu(h), w, b)
+            out = edit_negatives(xf, wh, (xf @ wh).unsqueeze(-1), torch.sigmoid(h.float()).mul_(math.pi))
         else:
             out = (compiled_edit_rows() if compiled else edit_rows)(x, wh, ws, bs, stacked)
     finally:
@@ -239,7 +266,7 @@ class EditorSet:
         """A copy whose editors use (or skip, for -AnglePred) the angle network."""
         eds = {}
         for i, e in self.editors.items():
-            c = HPR(e.hidden_size, e.angle_layers, use_angle)
+            c = HPR(e.hidden_size, e.angle_layers, use_angle, e.angle_input)
             c.load_state_dict(e.state_dict())
             eds[i] = c.to(next(e.parameters()).device)
         return EditorSet(eds, self.model, self.selected, {**self.config, "use_angle": use_angle})
@@ -282,6 +309,8 @@ class EditorSet:
             for k, v in e.state_dict().items():
                 tensors[f"layer{i}.{k}"] = v
             layers[str(i)] = {"angle_layers": e.angle_layers, "use_angle": e.use_angle}
+            if e.angle_input != "raw":  # absent: "raw" (editor sets saved before the variant existed)
+                layers[str(i)]["angle_input"] = e.angle_input
         io.save_tensors(out / WEIGHTS_FILE, tensors, {"format": FORMAT})
         cfg = {
             "format": FORMAT,
@@ -309,7 +338,7 @@ class EditorSet:
         d = int(cfg["hidden_size"])
         editors = {}
         for key, spec in cfg["editors"].items():
-            e = HPR(d, int(spec["angle_layers"]), bool(spec["use_angle"]))
+            e = HPR(d, int(spec["angle_layers"]), bool(spec["use_angle"]), str(spec.get("angle_input", "raw")))
             prefix = f"layer{key}."
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
@@ -343,7 +372,7 @@ class _EditCall:
             if self.editor.probe.weight.device != x.device:
                 self.editor.to(x.device)
             cached = self.cached = self.editor._cached()
-        return edit_with(x, cached, self.editor.use_angle, self.compiled)
+        return edit_with(x, cached, self.editor.use_angle, self.compiled, self.editor.angle_input)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -374,6 +403,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             elif not isinstance(spec, dict) or not isinstance(spec.get("angle_layers"), int) \
                     or not 1 <= spec["angle_layers"] <= 16 or not isinstance(spec.get("use_angle"), bool):
                 problems.append(f"editor {key} needs angle_layers (1..16) and use_angle (bool)")
+            elif spec.get("angle_input", "raw") not in ANGLE_INPUTS:
+                problems.append(f"editor {key}: angle_input must be one of {ANGLE_INPUTS}")
     if not isinstance(cfg.get("model"), dict):
         problems.append("model (the fingerprint) must be an object")
     sel = cfg.get("selected")
@@ -387,4 +418,4 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return cfg
 
 
-__all__ = ["HPR", "EditorSet", "angle_widths", "mlp", "read_config"]
+__all__ = ["ANGLE_INPUTS", "HPR", "EditorSet", "angle_input_of", "angle_widths", "mlp", "read_config"]

@@ -27,11 +27,16 @@ from .architectures import fingerprint, same_model
 from .errors import EditorError, ParameterError
 
 #: The rows of the paper's Table 1, in order; ``diff`` is the authors' Diff design, ``diff-mse`` the prose one.
-METHOD_NAMES: tuple[str, ...] = ("base", "hpr", "hpr-noangle", "iti", "diff", "diff-mse", "lora")
+METHOD_NAMES: tuple[str, ...] = ("base", "hpr", "hpr-noangle", "iti", "diff", "diff-mse", "lora", "hpr-unit")
 #: Methods that ``fit_method`` trains (HPR and -AnglePred are trained by ``hpr.train``).
 FITTABLE: tuple[str, ...] = ("iti", "diff", "diff-mse", "lora")
 #: Methods that edit HPR's top-k layers (``k`` applies to them).
-USES_K: tuple[str, ...] = ("hpr", "hpr-noangle", "diff", "diff-mse")
+USES_K: tuple[str, ...] = ("hpr", "hpr-noangle", "hpr-unit", "diff", "diff-mse")
+#: HPR editor sets (trained by ``hpr.train``): the paper's design, its -AnglePred ablation, and our
+#: variant whose angle network reads ``sqrt(d) x / |x|`` (``hpr.editor.ANGLE_INPUTS``).
+HPR_FAMILY: tuple[str, ...] = ("hpr", "hpr-noangle", "hpr-unit")
+#: Training options of each HPR-family name (``hpr.train.TrainConfig`` fields).
+HPR_TRAIN_OPTIONS: dict[str, dict[str, Any]] = {"hpr": {}, "hpr-noangle": {}, "hpr-unit": {"angle_input": "unit"}}
 #: Diff design of each Diff method name.
 DIFF_DESIGN = {"diff": "authors", "diff-mse": "mse"}
 CONFIG_FILE = "config.json"
@@ -164,7 +169,8 @@ def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwa
     """Load the method ``name`` saved in ``directory`` for ``model`` (fingerprint checked).
 
     ``base`` ignores ``directory``; ``hpr`` loads an ``EditorSet``; ``hpr-noangle`` the same set
-    with the angle network switched off (reflection alone). Keyword options are forwarded to the
+    with the angle network switched off (reflection alone); ``hpr-unit`` an ``EditorSet`` whose
+    angle network reads unit-RMS input (refused for sets trained otherwise, and vice versa). Keyword options are forwarded to the
     method's ``load`` (e.g. ``alpha=200.0`` for ITI).
     """
     _check_name(name)
@@ -176,10 +182,16 @@ def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwa
         raise ParameterError(f"method {name!r} takes no load options, got {sorted(kwargs)} (only iti: alpha)")
     if name == "iti" and set(kwargs) - {"alpha"}:
         raise ParameterError(f"iti takes only the load option alpha, got {sorted(kwargs)}")
-    if name in ("hpr", "hpr-noangle"):
+    if name in HPR_FAMILY:
         from .editor import EditorSet
 
         es = EditorSet.load(directory, model)
+        want = HPR_TRAIN_OPTIONS[name].get("angle_input", "raw")
+        have = {e.angle_input for e in es.editors.values()}
+        if have != {want}:
+            other = "hpr-unit" if "unit" in have else "hpr"
+            raise EditorError(f"{directory} holds editors whose angle network reads {sorted(have)} input, "
+                              f"not {want!r}: load it as {other!r}, or train {name!r} editors")
         return es.with_angle(False) if name == "hpr-noangle" else es
     if name == "iti":
         from .iti import ITI
@@ -245,6 +257,6 @@ def fit_method(
 
 
 __all__ = [
-    "METHOD_NAMES", "FITTABLE", "USES_K", "EditMethod", "Base", "MethodSpec", "parse_method", "load_method",
+    "METHOD_NAMES", "FITTABLE", "USES_K", "HPR_FAMILY", "HPR_TRAIN_OPTIONS", "EditMethod", "Base", "MethodSpec", "parse_method", "load_method",
     "fit_method", "read_method_config", "check_fingerprint",
 ]

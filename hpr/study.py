@@ -32,7 +32,7 @@ from .records import Record
 
 TINY = "tiny-random"
 #: Methods whose artifacts are trained by ``hpr.train`` (HPR editors) rather than ``fit_method``.
-HPR_METHODS = ("hpr", "hpr-noangle")
+HPR_METHODS = ("hpr", "hpr-noangle", "hpr-unit")
 #: Training prompt format of the editors per training dataset: the paper's lettered multiple-choice
 #: prompt for TruthfulQA; the task's own prompt with the raw choice as the answer for the others
 #: (as the authors captured BBQ, SEQ and ToxiGen).
@@ -214,7 +214,7 @@ def method_dir(model_name: str, method: str, dataset: str, seed: int, out_dir: s
     from .methods import parse_method
 
     spec = parse_method(method)
-    base = "hpr" if spec.family in HPR_METHODS else spec.family
+    base = "hpr" if spec.family in HPR_METHODS else spec.family  # (HPR editors: see editors_dir)
     opts = {**spec.fit_options, **(options or {})}
     if spec.family.startswith("diff"):
         opts["design"] = spec.family  # the authors' Diff replaced the prose design under the name "diff"
@@ -226,18 +226,18 @@ def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_d
                options: dict[str, Any] | None = None) -> Any:
     """A ready method object (``apply(model)`` context manager), trained once and cached.
 
-    ``method``: any name ``hpr.methods.parse_method`` accepts: ``base``, ``hpr``, ``hpr-noangle``,
+    ``method``: any name ``hpr.methods.parse_method`` accepts: ``base``, ``hpr``, ``hpr-noangle``, ``hpr-unit``,
     ``iti[-<alpha>][-k<heads>]``, ``diff`` (the authors' design), ``diff-mse`` or ``lora``.
     Diff edits HPR's selected layers.
     """
-    from .methods import Base, fit_method, load_method, parse_method
+    from .methods import HPR_TRAIN_OPTIONS, Base, fit_method, load_method, parse_method
 
     spec = parse_method(method)
     if spec.family == "base":
         return Base()
     model, tok = get_model(model_name)
     if spec.family in HPR_METHODS:
-        es = get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap)
+        es = get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap, **HPR_TRAIN_OPTIONS[spec.family])
         return es.with_angle(False) if spec.family == "hpr-noangle" else es
     extra = {**spec.fit_options, **(options or {})}
     if spec.uses_k:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .capture import SHARED_THRESHOLD, Captured, capture
-from .editor import HPR, EditorSet
+from .editor import ANGLE_INPUTS, HPR, EditorSet, angle_input_of
 from .errors import DataError, ParameterError
 from .kernels import angle_between
 from .prompts import DEFAULT_FORMAT
@@ -57,7 +57,9 @@ class TrainConfig:
     ``batch_size`` counts pairs; ``warmup`` is a fraction of all steps; ``schedule``: learning-rate
     decay after the warmup, ``"linear"`` or ``"cosine"`` (``lr_schedule``); ``grad_clip``: maximum
     gradient norm per layer (None: no clipping); ``keep``: ``"best"`` epoch by mean validation probe
-    accuracy over all layers, or ``"last"``. ``TRAIN_PRESETS`` / ``TrainConfig.preset(name)`` name
+    accuracy over all layers, or ``"last"``; ``angle_input``: what the angle network reads
+    (``hpr.editor.ANGLE_INPUTS``: ``"raw"``, the paper's design, or ``"unit"``, the ``hpr-unit``
+    variant). ``TRAIN_PRESETS`` / ``TrainConfig.preset(name)`` name
     the two configurations.
     """
 
@@ -73,6 +75,7 @@ class TrainConfig:
     schedule: str = "linear"
     grad_clip: float | None = 1.0
     keep: str = "best"
+    angle_input: str = "raw"
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> TrainConfig:
@@ -103,6 +106,8 @@ class TrainConfig:
             bad.append(f"grad_clip must be > 0 or None for no clipping (got {self.grad_clip})")
         if self.keep not in KEEP:
             bad.append(f"keep must be one of {KEEP} (got {self.keep!r})")
+        if self.angle_input not in ANGLE_INPUTS:
+            bad.append(f"angle_input must be one of {ANGLE_INPUTS} (got {self.angle_input!r})")
         if bad:
             raise ParameterError("invalid training parameters: " + "; ".join(bad))
 
@@ -119,11 +124,13 @@ class StackedHPR(nn.Module):
     """L HPR editors of hidden size d as stacked tensors; ``forward(x (L, B, d))``.
 
     Returns ``(logits (L, B), theta (L, B))``: probe logits ``w . a`` and angles in radians.
-    Initialised from ``HPR`` modules, so each layer starts as a fresh ``HPR`` would.
+    Initialised from ``HPR`` modules, so each layer starts as a fresh ``HPR`` would (the angle
+    network reads what ``HPR.angle_input`` says, the same for every layer).
     """
 
     def __init__(self, editors: Sequence[HPR]) -> None:
         super().__init__()
+        self.angle_input = editors[0].angle_input
         self.probe = nn.Parameter(torch.stack([e.probe.weight[0].detach() for e in editors]))
         linears = [[m for m in e.angle if isinstance(m, nn.Linear)] for e in editors]
         self.weights = nn.ParameterList(
@@ -137,7 +144,7 @@ class StackedHPR(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logits = torch.einsum("lbd,ld->lb", x, self.probe)
-        h = x
+        h = angle_input_of(x, self.angle_input)
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if i:
                 h = F.gelu(h)
@@ -146,7 +153,7 @@ class StackedHPR(nn.Module):
 
     def export(self, layer: int, template: HPR) -> HPR:
         """Editor ``layer`` (index into the stack) as an ``HPR`` shaped like ``template``."""
-        e = HPR(template.hidden_size, template.angle_layers, template.use_angle)
+        e = HPR(template.hidden_size, template.angle_layers, template.use_angle, template.angle_input)
         with torch.no_grad():
             e.probe.weight.copy_(self.probe[layer].unsqueeze(0))
             linears = [m for m in e.angle if isinstance(m, nn.Linear)]
@@ -304,7 +311,7 @@ def train(
     target = pair_targets(train_cap, neg, pos)
     L, d = len(train_cap.layers), train_cap.hidden_size
     torch.manual_seed(cfg.seed)
-    templates = [HPR(d, cfg.angle_layers) for _ in range(L)]
+    templates = [HPR(d, cfg.angle_layers, angle_input=cfg.angle_input) for _ in range(L)]
     dev = torch.device(device) if device is not None else torch.device("cpu")
     model = StackedHPR(templates).to(dev)
     target = target.to(dev)
@@ -385,6 +392,7 @@ def train(
         "best_epoch": best[1] + 1 if best is not None else cfg.epochs,
         "epoch_val_accuracy": epoch_acc or None,
         "use_angle": True,
+        "angle_input": cfg.angle_input,
     }
     fp = train_cap.meta.get("model") or {}
     return EditorSet(editors, fp, selected, out_cfg)

@@ -15,17 +15,18 @@ from hpr.errors import EditorError
 from hpr.kernels import angle_between, reflect
 
 
-def make_set(model: torch.nn.Module, layers=(0, 1, 3), seed: int = 0) -> EditorSet:
+def make_set(model: torch.nn.Module, layers=(0, 1, 3), seed: int = 0, angle_input: str = "raw") -> EditorSet:
     torch.manual_seed(seed)
     d = model.config.hidden_size
     acc = {str(i): 0.5 + 0.1 * n for n, i in enumerate(layers)}
-    return EditorSet({i: HPR(d) for i in layers}, fingerprint(model), [layers[-1]],
+    return EditorSet({i: HPR(d, angle_input=angle_input) for i in layers}, fingerprint(model), [layers[-1]],
                      {"val_accuracy": acc, "dataset": "tiny", "training": {"lr": 5e-4}})
 
 
-def test_hpr_shapes_and_edit_rules() -> None:
+@pytest.mark.parametrize("angle_input", ["raw", "unit"])
+def test_hpr_shapes_and_edit_rules(angle_input: str) -> None:
     torch.manual_seed(0)
-    e = HPR(64)
+    e = HPR(64, angle_input=angle_input)
     assert [m.out_features for m in e.angle if isinstance(m, torch.nn.Linear)] == angle_widths(64, 4)[1:]
     assert angle_widths(64, 4) == [64, 32, 16, 8, 1]
     x = torch.randn(5, 7, 64)
@@ -38,20 +39,22 @@ def test_hpr_shapes_and_edit_rules() -> None:
     torch.testing.assert_close(out[~neg], x[~neg], rtol=0, atol=0)
     torch.testing.assert_close(angle_between(x[neg], out[neg]), theta[neg], rtol=0, atol=3e-4)
     torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
-    ablation = HPR(64, use_angle=False)
+    ablation = HPR(64, use_angle=False, angle_input=angle_input)
     ablation.load_state_dict(e.state_dict())
     torch.testing.assert_close(ablation.edit(x)[neg], reflect(x, e.normal.detach())[neg])
     assert e.edit(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
-def test_save_load_round_trip_bit_exact(tmp_path, tiny_model, tokenizer) -> None:
-    es = make_set(tiny_model)
+@pytest.mark.parametrize("angle_input", ["raw", "unit"])
+def test_save_load_round_trip_bit_exact(tmp_path, tiny_model, tokenizer, angle_input: str) -> None:
+    es = make_set(tiny_model, angle_input=angle_input)
     es.save(tmp_path / "ed")
     assert sorted(p.name for p in (tmp_path / "ed").iterdir()) == ["config.json", "model.safetensors"]
     back = EditorSet.load(tmp_path / "ed", model=tiny_model)
     assert back.selected == es.selected and sorted(back.editors) == sorted(es.editors)
     assert back.model == es.model and back.val_accuracy == es.val_accuracy
     assert back.config["dataset"] == "tiny" and back.config["training"] == {"lr": 5e-4}
+    assert {e.angle_input for e in back.editors.values()} == {angle_input}
     for i, e in es.editors.items():
         a, b = e.state_dict(), back.editors[i].state_dict()
         assert a.keys() == b.keys()
@@ -138,3 +141,46 @@ def test_empty_and_inconsistent_sets_refused(tiny_model) -> None:
         EditorSet({0: HPR(64)}, fingerprint(tiny_model), [1])
     with pytest.raises(EditorError, match="angle_layers"):
         HPR(64, angle_layers=0)
+
+
+def test_unit_angle_input_reads_direction_only() -> None:
+    """``hpr-unit``'s angle network sees sqrt(d) x / |x|: scaling x leaves theta unchanged, while
+    the paper's network (raw input) saturates for large norms (Gemma-3's residual stream)."""
+    torch.manual_seed(1)
+    raw, unit = HPR(64), HPR(64, angle_input="unit")
+    unit.load_state_dict(raw.state_dict())
+    x = torch.randn(20, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(unit.theta(1000 * x), unit.theta(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(unit.theta(x), raw.theta(8 * x / x.norm(dim=-1, keepdim=True)))
+        assert not torch.allclose(raw.theta(1000 * x), raw.theta(x), atol=1e-3)
+        # The edit itself still rotates by theta and keeps the norm.
+        out = unit.edit(1000 * x)
+        neg = unit.logits(x) < 0
+        torch.testing.assert_close(angle_between(1000 * x[neg], out[neg]), unit.theta(x)[neg], rtol=0, atol=3e-4)
+        torch.testing.assert_close(out.norm(dim=-1), (1000 * x).norm(dim=-1))
+
+
+def test_bad_angle_input_refused(tmp_path, tiny_model) -> None:
+    with pytest.raises(EditorError, match="angle_input"):
+        HPR(8, angle_input="unitary")
+    es = make_set(tiny_model, angle_input="unit")
+    es.save(tmp_path / "u")
+    cfg = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert all(spec["angle_input"] == "unit" for spec in cfg["editors"].values())
+    next(iter(cfg["editors"].values()))["angle_input"] = "bogus"
+    (tmp_path / "u" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EditorError, match="angle_input must be one of"):
+        EditorSet.load(tmp_path / "u")
+
+
+def test_methods_refuse_the_other_angle_input(tmp_path, tiny_model) -> None:
+    from hpr.methods import load_method
+
+    make_set(tiny_model, angle_input="unit").save(tmp_path / "u")
+    make_set(tiny_model).save(tmp_path / "r")
+    assert {e.angle_input for e in load_method("hpr-unit", tmp_path / "u", tiny_model).editors.values()} == {"unit"}
+    with pytest.raises(EditorError, match="load it as 'hpr-unit'"):
+        load_method("hpr", tmp_path / "u", tiny_model)
+    with pytest.raises(EditorError, match="load it as 'hpr'"):
+        load_method("hpr-unit", tmp_path / "r", tiny_model)

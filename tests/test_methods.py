@@ -22,13 +22,14 @@ def batch(tokenizer):
 
 
 def test_names():
-    assert METHOD_NAMES == ("base", "hpr", "hpr-noangle", "iti", "diff", "diff-mse", "lora")
+    assert METHOD_NAMES == ("base", "hpr", "hpr-noangle", "iti", "diff", "diff-mse", "lora", "hpr-unit")
 
 
 @pytest.mark.parametrize("name,family,load,fit,uses_k,canon", [
     ("base", "base", {}, {}, False, "base"),
     ("hpr", "hpr", {}, {}, True, "hpr"),
     ("hpr-noangle", "hpr-noangle", {}, {}, True, "hpr-noangle"),
+    ("hpr-unit", "hpr-unit", {}, {}, True, "hpr-unit"),
     ("diff", "diff", {}, {}, True, "diff"),
     ("diff-mse", "diff-mse", {}, {}, True, "diff-mse"),
     ("lora", "lora", {}, {}, False, "lora"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,9 +56,10 @@ def synthetic(layers=(0, 1, 2), d: int = 16, questions: int = 12, seed: int = 0,
                                                               "model": {"name": "toy", "hidden_size": d}})
 
 
-def test_stacked_forward_and_export_match_hpr() -> None:
+@pytest.mark.parametrize("angle_input", ["raw", "unit"])
+def test_stacked_forward_and_export_match_hpr(angle_input: str) -> None:
     torch.manual_seed(0)
-    eds = [HPR(32) for _ in range(3)]
+    eds = [HPR(32, angle_input=angle_input) for _ in range(3)]
     st = StackedHPR(eds)
     x = torch.randn(3, 10, 32)
     logits, theta = st(x)
@@ -66,6 +68,7 @@ def test_stacked_forward_and_export_match_hpr() -> None:
         torch.testing.assert_close(torch.sigmoid(logits[j]), p, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(theta[j], t, rtol=1e-5, atol=1e-6)
         back = st.export(j, e)
+        assert back.angle_input == angle_input
         for k, v in e.state_dict().items():
             assert torch.equal(back.state_dict()[k], v)
 
@@ -83,8 +86,26 @@ def test_train_learns_separable_layers_and_selects_them() -> None:
     assert cfg["train_pairs"] == 12 * 6 * 4 and cfg["val_pairs"] == 6 * 6 * 4
     assert set(cfg["loss_history"]) == {"0", "1", "2"} and len(cfg["loss_history"]["2"]) == 4
     assert cfg["loss_history"]["2"][-1] < cfg["loss_history"]["2"][0]
-    for layer in (0, 1, 2):
-        assert 0 <= cfg["val_angle_error"][str(layer)] < math.pi
+    # val_angle_error by hand: over the val pairs (each negative answer of a question with each
+    # positive one, position by position), mean of |theta(a_neg) - angle(a_neg, a_pos)| and |theta(a_pos)|
+    neg, pos = [], []
+    seq, lab, q = va.sequence.numpy(), va.label.numpy(), va.question.numpy()
+    for question in np.unique(q):
+        seqs = {int(s_): int(lab[seq == s_][0]) for s_ in np.unique(seq[q == question])}
+        for sn in (s_ for s_, y in seqs.items() if y == 0):
+            for sp in (s_ for s_, y in seqs.items() if y == 1):
+                neg += np.flatnonzero(seq == sn).tolist()
+                pos += np.flatnonzero(seq == sp).tolist()
+    assert len(neg) == cfg["val_pairs"]
+    for j, layer in enumerate(va.layers):
+        xn, xp = va.data[j, neg].double().numpy(), va.data[j, pos].double().numpy()
+        cos = (xn * xp).sum(-1) / (np.linalg.norm(xn, axis=-1) * np.linalg.norm(xp, axis=-1))
+        target = np.arccos(np.clip(cos, -1.0, 1.0))
+        with torch.no_grad():
+            tn = es.editors[layer].theta(torch.from_numpy(xn).float()).double().numpy()
+            tp = es.editors[layer].theta(torch.from_numpy(xp).float()).double().numpy()
+        want = (np.abs(tn - target).mean() + np.abs(tp).mean()) / 2
+        assert cfg["val_angle_error"][str(layer)] == pytest.approx(want, rel=1e-4)
     assert es.model == {"name": "toy", "hidden_size": 16}
 
 

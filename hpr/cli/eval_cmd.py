@@ -27,10 +27,10 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
     p.add_argument("--dataset", required=True, choices=("truthfulqa", "toxigen", "bbq", "seq"))
     p.add_argument("--method", default="base", type=method_name,
-                   help="editing method: base, hpr, hpr-noangle, iti[-<alpha>][-k<heads>], diff, diff-mse, lora "
+                   help="editing method: base, hpr, hpr-noangle, hpr-unit, iti[-<alpha>][-k<heads>], diff, diff-mse, lora "
                         "(default: base)")
     p.add_argument("--editors", default=None, metavar="DIR", help="directory the method was saved in")
-    p.add_argument("--k", type=int, default=None, help="hpr/hpr-noangle: edit only the top-k layers")
+    p.add_argument("--k", type=int, default=None, help="hpr, hpr-noangle, hpr-unit: edit only the top-k layers")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--engine", default="native", choices=("native", "lm-eval"))
     p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N examples only")
@@ -72,8 +72,8 @@ def load_method(name: str, directory: str | None, model: Any, k: int | None) -> 
     spec = methods.parse_method(name)
     method: Any = methods.load_method(spec.family, directory, model, **spec.load_options)
     if k is not None:
-        if spec.family not in ("hpr", "hpr-noangle"):
-            raise ParameterError(f"--k applies to hpr and hpr-noangle only, not {name!r}; drop --k")
+        if spec.family not in methods.HPR_FAMILY:
+            raise ParameterError(f"--k applies to {', '.join(methods.HPR_FAMILY)} only, not {name!r}; drop --k")
         method = method.top(k)
     return method
 

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     p.add_argument("--dataset", required=True, choices=("truthfulqa", "toxigen", "bbq", "seq"))
     p.add_argument("--out", required=True, metavar="DIR", help="directory to save the trained method in")
     p.add_argument("--method", default="hpr", type=method_name,
-                   help="method to train: hpr, hpr-noangle, iti[-k<heads>], diff, diff-mse, lora (default: hpr)")
+                   help="method to train: hpr, hpr-noangle, hpr-unit, iti[-k<heads>], diff, diff-mse, lora (default: hpr)")
     p.add_argument("--k", type=int, default=5, help="number of layers to edit (top-k by val accuracy)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -68,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"data: {args.dataset} train={len(train_recs)} val={len(val_recs)} questions", flush=True)
     model, tok = load_model(args.model, **model_kwargs(args))
     out = Path(args.out)
-    if args.method not in ("hpr", "hpr-noangle"):
+    if args.method not in methods.HPR_FAMILY:
         fit = getattr(methods, "fit_method", None)
         if fit is None:
             raise ParameterError(f"method {args.method!r} needs hpr.methods.fit_method, which this "
@@ -83,6 +83,7 @@ def _train(args: argparse.Namespace) -> int:
         prompt_format=args.prompt_format, seed=args.seed, dataset=args.dataset,
         cache=not args.no_cache, name=args.model, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, device=next(model.parameters()).device,
+        **methods.HPR_TRAIN_OPTIONS[args.method],
     )
     if args.method == "hpr-noangle":
         es = es.with_angle(False)
