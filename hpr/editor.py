@@ -304,7 +304,7 @@ class EditorSet:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
         out = Path(directory)
         tensors: dict[str, Tensor] = {}
-        layers = {}
+        layers: dict[str, dict[str, Any]] = {}
         for i, e in self.editors.items():
             for k, v in e.state_dict().items():
                 tensors[f"layer{i}.{k}"] = v

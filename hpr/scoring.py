@@ -375,7 +375,8 @@ def score(
         # window, packing is exact too: every key a token sees lies within ``longest`` positions of it.
         return score_full(model, tokenizer, requests, method=method, progress=progress, add_bos=add_bos)
     if max_tokens is None:
-        vocab = int(getattr(model.get_output_embeddings(), "out_features", 0) or 1)
+        head: Any = getattr(model, "get_output_embeddings", lambda: None)()
+        vocab = int(getattr(head, "out_features", 0) or 1)
         max_tokens = max(256, min(1024, (2 << 30) // (4 * vocab)))
     device = _device(model)
     arg = cache_arg(model)
