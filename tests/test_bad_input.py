@@ -1,4 +1,4 @@
-"""Issue 8: every bad input gets our error type with a message naming the problem and the fix.
+"""Bad input: every bad input gets our error type with a message naming the problem and the fix.
 
 Each test prints ``BADINPUT <case>: <message>`` (see it with ``pytest -s``) so the messages can
 be quoted; the assertions check the error class and key words of the problem and of the fix.

@@ -150,17 +150,12 @@ def test_live_jupyter_slider_changes_output(tmp_path: Path, browser: Any) -> Non
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        _wait_until(lambda: _kernels(base, token) is not None, 60, "the Jupyter server to answer")
         browser.get(f"{base}/notebooks/rotate.ipynb?token={token}")
         _wait(browser, "return !!document.querySelector('.jp-Notebook .jp-Cell')", 60)
         _wait(browser, "return !!document.querySelector('.jp-Notebook .jp-Cell .cm-content')", 60)
-        time.sleep(3)  # let the kernel start
+        _wait_until(lambda: any(k.get("execution_state") == "idle" for k in _kernels(base, token) or []),
+                    120, "the notebook's kernel to start and answer the page (execution_state idle)")
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.keys import Keys
 
@@ -186,10 +181,27 @@ def test_live_jupyter_slider_changes_output(tmp_path: Path, browser: Any) -> Non
             server.kill()
 
 
-def _wait(browser: Any, script: str, seconds: float) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if browser.execute_script(script):
+def _wait_until(condition: Any, seconds: float, what: str) -> None:
+    """Poll ``condition()`` until it is true; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
             return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {seconds} s waiting for: {script}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def _wait(browser: Any, script: str, seconds: float) -> None:
+    _wait_until(lambda: browser.execute_script(script), seconds, script)
+
+
+def _kernels(base: str, token: str) -> list[dict[str, Any]] | None:
+    """The Jupyter server's running kernels (``/api/kernels``), or None while it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=2) as r:
+            return list(json.loads(r.read()))
+    except (OSError, urllib.error.URLError, ValueError):
+        return None

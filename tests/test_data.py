@@ -129,9 +129,14 @@ def test_toxigen_prompts(tmp_path: Path) -> None:
 
 
 def test_toxigen_prompt_matches_lm_eval() -> None:
-    yaml = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/lm_eval/tasks/toxigen/toxigen.yaml"
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")  # finds the installed package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("lm-eval is not installed")
+    yaml = Path(next(iter(spec.submodule_search_locations))) / "tasks" / "toxigen" / "toxigen.yaml"
     if not yaml.is_file():
-        pytest.skip("lm-eval's toxigen task is not installed in .venv")
+        pytest.skip(f"lm-eval at {yaml.parents[2]} has no toxigen task")
     text = yaml.read_text()
     assert data.TOXIGEN_PROMPT.replace("{text}", "{{text}}") in text and "['No', 'Yes']" in text
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import erf
 
 from hpr.architectures import fingerprint
 from hpr.diff import (
@@ -87,13 +89,36 @@ def test_authors_adds_a_unit_vector_at_every_position(tiny_model, tokenizer, lay
     torch.testing.assert_close(norms, torch.ones_like(norms), rtol=1e-5, atol=1e-5)
 
 
-def test_mse_adds_net_output(tiny_model, tokenizer):
-    method = random_diff(tiny_model)
-    a, edited = _block_io(tiny_model, method, tokenizer, 1)
-    with torch.no_grad():
-        expected = a + method.nets[1](a)
-    torch.testing.assert_close(edited, expected, rtol=1e-5, atol=1e-5)
-    assert (edited - a).norm(dim=-1).std() > 0  # not a unit vector
+def _net_by_hand(net, a: np.ndarray, design: str) -> np.ndarray:
+    """``f(a)`` in float64 numpy from the network's weights: ``mse``: Linear, GELU (erf), ...,
+    Linear; ``authors``: tanh after every Linear."""
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    h = a
+    for i, lin in enumerate(linears):
+        h = h @ lin.weight.detach().double().numpy().T + lin.bias.detach().double().numpy()
+        if design == "authors":
+            h = np.tanh(h)
+        elif i < len(linears) - 1:
+            h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))
+    return h
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+@pytest.mark.parametrize("design", ["mse", "authors"])
+def test_edit_adds_net_output_computed_by_hand(tiny_model, tokenizer, design, layer):
+    """The edited block output is ``a + f(a)`` (``mse``) or ``a + f(a) / |f(a)|`` (``authors``),
+    with ``f`` evaluated here from the network's weights."""
+    method = random_diff(tiny_model, design=design)
+    a, edited = _block_io(tiny_model, method, tokenizer, layer)
+    a64 = a.double().numpy()
+    f = _net_by_hand(method.nets[layer], a64, design)
+    if design == "authors":
+        f = f / np.linalg.norm(f, axis=-1, keepdims=True)
+    expected = a64 + f
+    assert np.abs(f).max() > 0.1  # the edit is not negligible next to the tolerance
+    np.testing.assert_allclose(edited.double().numpy(), expected, rtol=1e-5, atol=1e-5)
+    if design == "mse":
+        assert (edited - a).norm(dim=-1).std() > 0  # not a unit vector
 
 
 def test_apply_restores(tiny_model, tokenizer):

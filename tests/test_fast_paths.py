@@ -122,11 +122,14 @@ def test_fused_half_precision(dtype: torch.dtype) -> None:
     close(got, want, x, rtol=2 * ulp)
 
 
-@pytest.mark.parametrize(("use_angle", "layers"), [(True, 1), (True, 2), (True, 3), (False, 3)])
-def test_hpr_edit_equals_plain_kernels(use_angle: bool, layers: int) -> None:
-    """One angle layer: ``x . w^`` from its own product; more: stacked on the first layer's."""
+@pytest.mark.parametrize(("use_angle", "layers", "angle_input"),
+                         [(True, 1, "raw"), (True, 2, "raw"), (True, 3, "raw"), (False, 3, "raw"),
+                          (True, 1, "unit"), (True, 4, "unit"), (False, 4, "unit")])
+def test_hpr_edit_equals_plain_kernels(use_angle: bool, layers: int, angle_input: str) -> None:
+    """One angle layer: ``x . w^`` from its own product; more: stacked on the first layer's (raw
+    input only; the unit variant's network reads another vector)."""
     torch.manual_seed(3)
-    e = HPR(48, angle_layers=layers, use_angle=use_angle)
+    e = HPR(48, angle_layers=layers, use_angle=use_angle, angle_input=angle_input)
     x = torch.randn(3, 11, 48) * 2
     with torch.no_grad():
         got = e.edit(x)
@@ -309,17 +312,57 @@ def test_compiled_path_falls_back_to_eager(monkeypatch) -> None:
         assert torch.equal(e.edit(x, compiled=True), e.edit(x))  # no second warning needed
 
 
+def _compiler_available() -> str | None:
+    """None when ``torch.compile`` works here (checked on a one-line function), else the reason."""
+    try:
+        fn = torch.compile(lambda t: t * 2 + 1, dynamic=False)
+        if not torch.equal(fn(torch.arange(4.0)), torch.arange(4.0) * 2 + 1):
+            return "torch.compile gives wrong numbers for a one-line function"
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: no compiler here
+        return f"torch.compile is unavailable here ({type(exc).__name__}: {exc})"
+    return None
+
+
 @pytest.mark.slow
-def test_compiled_path_equals_eager(tiny_model, tokenizer) -> None:
-    """``EditorSet.apply(model, compiled=True)`` (torch.compile) gives the eager logits."""
+def test_compiled_path_equals_eager(tiny_model, tokenizer, monkeypatch) -> None:
+    """``EditorSet.apply(model, compiled=True)`` runs the edit through ``torch.compile`` (the
+    compiled function is called and returns, no eager fallback) and gives the eager logits."""
+    import warnings
+
+    import hpr.editor as editor_mod
+
+    reason = _compiler_available()
+    if reason:
+        pytest.skip(reason)
+    calls = {"compiled": 0}
+    real_compile = torch.compile
+
+    def counting_compile(fn, **kw):
+        compiled = real_compile(fn, **kw)
+
+        def run(*args):
+            out = compiled(*args)  # raises (and the editor falls back) if compilation fails
+            calls["compiled"] += 1
+            return out
+        return run
+
+    monkeypatch.setattr(editor_mod, "_COMPILED", {})  # fresh: no earlier fallback carries over
+    monkeypatch.setattr(torch, "compile", counting_compile)
     ids = tokenizer(["hello world", "the cat sat"], return_tensors="pt", padding=True)
     torch.manual_seed(6)
     es = EditorSet({i: HPR(64) for i in range(4)}, fingerprint(tiny_model), selected=[0, 2])
     with torch.no_grad():
+        base = tiny_model(**ids).logits
         with es.apply(tiny_model):
             eager = tiny_model(**ids).logits
-        with es.apply(tiny_model, compiled=True):
-            compiled = tiny_model(**ids).logits
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with es.apply(tiny_model, compiled=True):
+                compiled = tiny_model(**ids).logits
+    fallback = [str(w.message) for w in caught if "using the eager path" in str(w.message)]
+    assert not fallback and not editor_mod._COMPILED.get("failed")
+    assert calls["compiled"] == 2  # one call per edited layer, both through the compiled graph
+    assert not torch.allclose(eager, base)  # the edit matters, so equal logits say something
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 

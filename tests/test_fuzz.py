@@ -1,4 +1,4 @@
-"""Issue 8: property-based tests: arbitrary or mutated input to the data loaders and the editor
+"""Property-based tests: arbitrary or mutated input to the data loaders and the editor
 config loader gives a valid result or our ``HPRError`` subclass, never another exception."""
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
 
+import hpr.iti as iti_mod
 from hpr.errors import EditorError
 from hpr.iti import ITI, default_k, fit_iti, head_dim, mass_mean_directions, qa_examples
 from hpr.records import Record
@@ -38,13 +41,67 @@ def test_default_k_keeps_paper_fraction():
     assert default_k(16) == 1
 
 
-def test_fit_ranks_heads_and_stores_train_stats(fitted, tiny_model):
+def test_fit_stores_train_stats(fitted, tiny_model):
     assert len(fitted.heads) == 3 and len(set(fitted.heads)) == 3
-    accs = [r["val_accuracy"] for r in fitted.config["ranking"]]
-    assert accs == sorted(accs, reverse=True)
     assert torch.allclose(fitted.directions.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert fitted.head_dim == head_dim(tiny_model) == 16
     assert fitted.config["n_train_examples"] == 24 and fitted.config["n_val_examples"] == 12
+
+
+#: Constructed per-head activations: the heads that carry the label and how strongly (in units of
+#: the noise's standard deviation, along one fixed direction per head); every other head is noise.
+SIGNAL = {(1, 2): 5.0, (3, 0): 1.5}
+
+
+def _constructed(texts, labels, layers=4, heads=4, hd=16) -> torch.Tensor:
+    """``(N, L, H, hd)`` activations: Gaussian noise per text (seeded by the text), plus
+    ``strength * (2 y - 1) * u`` on the ``SIGNAL`` heads."""
+    g = torch.Generator().manual_seed(1234)
+    dirs = {cell: torch.nn.functional.normalize(torch.randn(hd, generator=g), dim=0) for cell in SIGNAL}
+    out = torch.empty(len(texts), layers, heads, hd)
+    for n, t in enumerate(texts):
+        out[n] = torch.randn(layers, heads, hd, generator=torch.Generator().manual_seed(zlib.crc32(t.encode())))
+        for (la, he), strength in SIGNAL.items():
+            out[n, la, he] += strength * (2 * labels[t] - 1) * dirs[(la, he)]
+    return out
+
+
+def test_fit_ranks_heads_by_independent_val_probe_accuracy(tiny_model, tokenizer, monkeypatch):
+    """On constructed activations where two known heads carry the label, the edited heads are the
+    best by a logistic probe's validation accuracy computed here with sklearn, the signal heads
+    first (strong before weak), and directions and scales come from the train activations."""
+    from sklearn.linear_model import LogisticRegression
+
+    train, val = records(40), records(20, 100)
+    labels = {}
+    for r in (*train, *val):
+        for i, choice in enumerate(r.choices):
+            labels[f"Q: {r.prompt} A: {choice}"] = int(i in r.correct)
+    monkeypatch.setattr(iti_mod, "head_activations", lambda _m, _t, texts, *_a, **_k: _constructed(texts, labels))
+    fitted = fit_iti(model=tiny_model, tokenizer=tokenizer, train=train, val=val, k=3, progress=False)
+
+    def split(recs):
+        texts = [f"Q: {r.prompt} A: {c}" for r in recs for c in r.choices]
+        return _constructed(texts, labels).numpy().astype(np.float64), np.array([labels[t] for t in texts])
+
+    (xtr, ytr), (xva, yva) = split(train), split(val)
+    acc = {}
+    for la in range(4):
+        for he in range(4):
+            clf = LogisticRegression(max_iter=1000).fit(xtr[:, la, he], ytr)
+            acc[(la, he)] = float((clf.predict(xva[:, la, he]) == yva).mean())
+    assert acc[(1, 2)] == 1.0 and acc[(3, 0)] > max(v for c, v in acc.items() if c not in SIGNAL)
+    noise_best = max((c for c in acc if c not in SIGNAL), key=lambda c: (acc[c], -c[0], -c[1]))
+    assert fitted.heads == [(1, 2), (3, 0), noise_best]
+    ranked = [(r["layer"], r["head"], r["val_accuracy"]) for r in fitted.config["ranking"]]
+    assert ranked == [(la, he, pytest.approx(acc[(la, he)])) for la, he in fitted.heads]
+    np.testing.assert_allclose(np.array(fitted.config["val_accuracy"]),
+                               np.array([[acc[(la, he)] for he in range(4)] for la in range(4)]))
+    for (la, he), d, s in zip(fitted.heads, fitted.directions, fitted.sigmas, strict=True):
+        u = xtr[ytr == 1, la, he].mean(0) - xtr[ytr == 0, la, he].mean(0)
+        u /= np.linalg.norm(u)
+        np.testing.assert_allclose(d.numpy(), u, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(float(s), np.std(xtr[:, la, he] @ u), rtol=1e-4)
 
 
 def test_statistics_come_from_train_only(tiny_model, tokenizer):
@@ -198,10 +255,35 @@ def test_mismatched_model_refused(fitted, tmp_path):
 
 
 def test_generate_edits_each_new_token(fitted, tiny_model, tokenizer):
+    """generate() with the edit gives other tokens than without it, the same tokens as recomputing
+    every position without a KV cache, the same shift at the prompt and at each new token, and
+    the unedited tokens again once the context manager has exited."""
     ids = tokenizer(["Q: hello\nA:"], return_tensors="pt")
     kw = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    with fitted.with_alpha(500.0).apply(tiny_model):
-        edited = tiny_model.generate(**ids, **kw)
-        # Without a KV cache every position is recomputed and edited; same tokens.
-        nocache = tiny_model.generate(**ids, use_cache=False, **kw)
+    base = tiny_model.generate(**ids, **kw)
+    strong = fitted.with_alpha(500.0)
+    layer = strong.layers[0]
+    proj = tiny_model.model.layers[layer].self_attn.o_proj
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    first = proj.register_forward_pre_hook(lambda _m, a: before.append(a[0].detach().clone()))
+    try:
+        with strong.apply(tiny_model):
+            last = proj.register_forward_pre_hook(lambda _m, a: after.append(a[0].detach().clone()))
+            try:
+                edited = tiny_model.generate(**ids, **kw)
+            finally:
+                last.remove()
+            # Without a KV cache every position is recomputed and edited; same tokens.
+            nocache = tiny_model.generate(**ids, use_cache=False, **kw)
+    finally:
+        first.remove()
+    assert edited.shape == base.shape and not torch.equal(edited, base)
     assert torch.equal(edited, nocache)
+    assert torch.equal(tiny_model.generate(**ids, **kw), base)
+    # prefill then one row per new token, each edited by the same constant shift
+    assert [b.shape[1] for b in before[: len(after)]] == [ids["input_ids"].shape[1], 1, 1, 1, 1]
+    shift = after[0][0, 0] - before[0][0, 0]
+    assert shift.abs().max() > 1.0
+    for b, a in zip(before, after, strict=False):
+        torch.testing.assert_close(a - b, shift.expand_as(a), rtol=1e-4, atol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,7 +48,34 @@ def test_iti_measures_layers_with_heads(tiny_model, tokenizer):
               torch.ones(3), fingerprint(tiny_model), 4, 16, alpha=15.0)
     assert edited_layers(iti, tiny_model) == [0, 2]
     stats = norm_divergence(iti, tiny_model, tokenizer, PROMPTS, progress=False)
-    assert stats.summary()["layers"]["2"]["median"] != 1.0
+    # By hand: block outputs of each prompt alone (no padding), without and with the edit.
+    blocks = tiny_model.model.layers
+    norms: dict[str, dict[int, list[np.ndarray]]] = {"original": {0: [], 2: []}, "edited": {0: [], 2: []}}
+
+    def run(kind: str) -> None:
+        hooks = [blocks[i].register_forward_hook(
+            lambda _m, _a, o, i=i: norms[kind][i].append(np.linalg.norm(
+                (o[0] if isinstance(o, tuple) else o)[0].double().numpy(), axis=-1)))
+            for i in (0, 2)]
+        try:
+            with torch.no_grad():
+                for p in PROMPTS:
+                    tiny_model(**tokenizer([p], return_tensors="pt"))
+        finally:
+            for h in hooks:
+                h.remove()
+
+    run("original")
+    with iti.apply(tiny_model):
+        run("edited")
+    summary = stats.summary()["layers"]
+    for i in (0, 2):
+        ratio = np.concatenate(norms["edited"][i]) / np.concatenate(norms["original"][i])
+        assert abs(np.median(ratio) - 1.0) > 1e-3  # the additive edit changes the norms
+        got = summary[str(i)]
+        assert got["n"] == len(ratio)
+        for key, q in (("p05", 0.05), ("median", 0.5), ("p95", 0.95)):
+            assert got[key] == pytest.approx(float(np.quantile(ratio, q)), rel=1e-5), key
 
 
 def test_base_edits_nothing(tiny_model, tokenizer):

@@ -1,13 +1,15 @@
-"""Issue 8: nothing lost: atomic writes, a killed run leaves no half-written artifact and the
-rerun resumes, caches keyed by everything that changes their content."""
+"""Nothing lost: atomic writes, a killed run leaves no half-written artifact and the rerun
+resumes, caches keyed by everything that changes their content."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +90,28 @@ def _hpr(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def _read_output(proc: subprocess.Popen[str]) -> list[str]:
+    """Everything ``proc`` writes, collected by a background thread (so its pipe never fills)."""
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")),  # type: ignore[union-attr]
+                     daemon=True).start()
+    return seen
+
+
+def _wait_for_output(proc: subprocess.Popen[str], seen: list[str], pattern: str, seconds: float) -> None:
+    """Return once ``pattern`` (a regex) appears in the output; fail if the process exits first
+    or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if re.search(pattern, "".join(seen)):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    state = "still running" if proc.poll() is None else f"exited with {proc.returncode}"
+    raise AssertionError(f"{pattern!r} not in the output after {seconds} s ({state}):\n{''.join(seen)[-3000:]}")
+
+
 def test_killed_train_leaves_nothing_half_written_and_rerun_resumes(tmp_path: Path) -> None:
     ckpt, data_dir = _checkpoint_and_data(tmp_path)
     cache = tmp_path / "cache"
@@ -97,11 +121,9 @@ def test_killed_train_leaves_nothing_half_written_and_rerun_resumes(tmp_path: Pa
             "--out", str(out), "--k", "2", "--prompt-format", "qa"]
     proc = _hpr([*args, "--epochs", "3000"], env)  # long training: the kill lands mid-run
     acts = cache / "activations"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(list(acts.glob("*.safetensors"))) < 2:
-        time.sleep(0.05)
-    time.sleep(0.5)  # now training
-    assert proc.poll() is None, proc.communicate()[0]
+    seen = _read_output(proc)
+    _wait_for_output(proc, seen, r"train epoch 2/3000", 120)  # both captures done, one epoch trained
+    assert proc.poll() is None, "".join(seen)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     # no half-written artifact: the editor dir was never written, finished captures are complete
@@ -123,22 +145,14 @@ def test_killed_train_leaves_nothing_half_written_and_rerun_resumes(tmp_path: Pa
 
 
 def test_killed_eval_leaves_no_results_and_rerun_resumes(tmp_path: Path) -> None:
-    import threading
-
     ckpt, data_dir = _checkpoint_and_data(tmp_path, n=500)
     env = {**os.environ, "HPR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "eval"
     args = ["eval", "--model", str(ckpt), "--dataset", "truthfulqa", "--data-dir", str(data_dir),
             "--out", str(out), "--batch-size", "1"]
     proc = _hpr(args, env)
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")),  # type: ignore[union-attr]
-                              daemon=True)
-    reader.start()
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and "scoring" not in "".join(seen):
-        time.sleep(0.05)
-    time.sleep(1.0)
+    seen = _read_output(proc)
+    _wait_for_output(proc, seen, r"scoring: .*\| *[1-9]\d*/\d+", 120)  # some test questions scored
     assert proc.poll() is None, "".join(seen)  # still scoring when killed
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)

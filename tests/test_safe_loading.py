@@ -1,4 +1,4 @@
-"""Issue 8: safe loading: no pickle of untrusted files, no remote code by default, data paths
+"""Safe loading: no pickle of untrusted files, no remote code by default, data paths
 confined to the data directory."""
 
 from __future__ import annotations
