@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 fetch: install
-	$(BIN)/hpr fetch
+	$(BIN)/hpr fetch --profile $(PROFILE)
 
 run: fetch
 	$(BIN)/hpr run --profile $(PROFILE)

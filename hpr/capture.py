@@ -1,10 +1,12 @@
 """Capture decoder-block outputs at the answer tokens of (prompt, answer) sequences.
 
 Every choice of every record becomes one sequence (``hpr.prompts``): the T true and F false
-answers of a question are T + F sequences, each run through the model once. By default a
-question's prompt runs once and its T + F answers run as one batch on the prompt's KV cache
-(right padding, attention mask); ``share_prompt=False`` runs whole sequences in padded batches.
-Pairs are formed afterwards from the captured activations.
+answers of a question are T + F sequences, each run through the model once. By default the
+prompts of a group of questions run once, as one right-padded batch with a KV cache, and then all
+their answers run in one pass on that cache, each question's answers packed into one row with a
+block attention mask (``hpr.scoring.packed_inputs``: an answer sees its own prompt and its own
+earlier tokens, at the positions that follow its prompt); ``share_prompt=False`` runs whole
+sequences in padded batches. Pairs are formed afterwards from the captured activations.
 
 The activations it returns (``Captured``) and their on-disk layout are described in
 ``hpr.activations``.
@@ -30,10 +32,10 @@ from .architectures import fingerprint as model_fingerprint
 from .errors import DataError, ParameterError
 from .prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
 from .records import Record
-from .scoring import cache_arg, max_positions
+from .scoring import _sliding_window, cache_arg, common_prefix, max_positions
 
-#: Bump when the capture procedure changes, to invalidate old caches.
-CAPTURE_VERSION = 1
+#: Bump when the capture procedure changes, to invalidate old caches (2: packed answer passes).
+CAPTURE_VERSION = 2
 
 
 def _store_dtype(model: nn.Module) -> torch.dtype:
@@ -150,6 +152,73 @@ def _run_shared_prompt(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: 
     return [h[:, r, : len(seqs[s].answer)] for r, s in enumerate(idx)]
 
 
+def _prefix_cache(model: nn.Module, prefix: list[int], extra: dict[str, Any]) -> Any:
+    """The KV cache (``hpr.scoring``'s list of per-layer keys and values) of ``prefix``, or None."""
+    from .scoring import _cache, _kv
+
+    if not prefix:
+        return None
+    cache = _cache(model, None, 1)
+    ids = torch.tensor([prefix], dtype=torch.long, device=next(model.parameters()).device)
+    model(input_ids=ids, use_cache=True, **{cache_arg(model): cache}, **extra)
+    return _kv(cache)
+
+
+def _run_packed(model: nn.Module, seqs: list[_Seq], group: list[list[int]], pad: int,
+                grabbed: dict[int, Tensor], extra: dict[str, Any], n_prefix: int = 0,
+                prefix_kv: Any = None) -> list[Tensor]:
+    """Run a group of questions (``group[b]``: the sequence indices of question ``b``, which share
+    one prompt): the prompts after their common first ``n_prefix`` tokens (whose KV cache is
+    ``prefix_kv``) as one right-padded batch, then every answer in one packed pass on that cache.
+    Returns, per sequence of the group in order, the answer-token outputs ``(L, a, d)``."""
+    from .scoring import _cache, packed_inputs
+
+    device = next(model.parameters()).device
+    name = cache_arg(model)
+    tails = [seqs[g[0]].prompt[n_prefix:] for g in group]
+    width = max(len(p) for p in tails)
+    ids = torch.full((len(group), width), pad, dtype=torch.long)
+    for b, p in enumerate(tails):
+        ids[b, : len(p)] = torch.tensor(p)
+    cache = _cache(model, prefix_kv, len(group))
+    model(input_ids=ids.to(device), use_cache=True, **{name: cache}, **extra)  # right padding: causal, no mask
+    rows = [[tuple(seqs[s].answer) for s in g] for g in group]
+    a_ids, pos, mask = packed_inputs(rows, [n_prefix + len(p) for p in tails], n_prefix + width, pad)
+    grabbed.clear()
+    model(input_ids=a_ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device),
+          use_cache=True, **{name: cache}, **extra)
+    h = torch.stack([grabbed[j] for j in range(len(grabbed))])  # (L, B, S, d)
+    res = []
+    for b, g in enumerate(group):
+        o = 0
+        for s in g:
+            a = len(seqs[s].answer)
+            res.append(h[:, b, o : o + a])
+            o += a
+    return res
+
+
+def _question_groups(by_q: dict[int, list[int]], seqs: list[_Seq], batch_size: int,
+                     max_tokens: int) -> list[list[list[int]]]:
+    """Questions (their sequence lists) grouped for ``_run_packed``: sorted by prompt length, at most
+    ``batch_size`` per group and, beyond the first, at most ``max_tokens`` padded tokens per pass."""
+    qs = sorted(by_q.values(), key=lambda g: (len(seqs[g[0]].prompt), sum(len(seqs[s].answer) for s in g)))
+    out: list[list[list[int]]] = []
+    cur: list[list[int]] = []
+    wp = wa = 0
+    for g in qs:
+        p, a = len(seqs[g[0]].prompt), sum(len(seqs[s].answer) for s in g)
+        np_, na = max(wp, p), max(wa, a)
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * max(np_, na) > max_tokens):
+            out.append(cur)
+            cur, np_, na = [], p, a
+        cur.append(g)
+        wp, wa = np_, na
+    if cur:
+        out.append(cur)
+    return out
+
+
 def _run_full(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int,
               grabbed: dict[int, Tensor], extra: dict[str, Any]) -> list[Tensor]:
     """Run whole sequences as one right-padded batch; per sequence the answer outputs ``(L, a, d)``."""
@@ -176,16 +245,18 @@ def run_capture(
     model: nn.Module, tokenizer: Any, records: Sequence[Record], *, layers: Sequence[int] | None = None,
     prompt_format: str = DEFAULT_FORMAT, seed: int = 0, chat: bool | None = None,
     batch_size: int = 16, share_prompt: bool = True, progress: bool = True,
-    meta: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None, max_tokens: int = 2048,
 ) -> Captured:
     """Run every (prompt, answer) sequence of ``records`` once and keep the answer-token outputs.
 
-    ``share_prompt`` (default): per question, the prompt runs once and its T + F answers run as
-    one batch on the prompt's KV cache; the causal model gives the answer tokens the same
-    activations as whole sequences (up to float rounding), at a fraction of the cost (prompts
-    with lettered choices are ~20x longer than answers). Otherwise, or when a format gives the
-    answers of one question different prompts, whole sequences run in right-padded batches of
-    ``batch_size``.
+    ``share_prompt`` (default): each prompt runs once and the T + F answers of its question run on
+    its KV cache (groups of up to ``batch_size`` questions and about ``max_tokens`` padded tokens
+    per pass, answers packed per question, see the module docstring; one question at a time when
+    a sliding-window model's packed rows would not fit its window); the causal model gives the
+    answer tokens the same activations as whole sequences (up to float rounding), at a fraction of
+    the cost (prompts with lettered choices are ~20x longer than answers). Otherwise, or when a
+    format gives the answers of one question different prompts, whole sequences run in
+    right-padded batches of ``batch_size``.
     """
     if not records:
         raise DataError("no records to capture; check the dataset split")
@@ -208,7 +279,18 @@ def run_capture(
     for s, sq in enumerate(seqs):
         by_q.setdefault(sq.question, []).append(s)
     shared = share_prompt and all(len({tuple(seqs[s].prompt) for s in g}) == 1 for g in by_q.values())
-    if shared:
+    longest = max(len(s.prompt) + len(s.answer) for s in seqs)
+    window = _sliding_window(model)
+    packed = shared and (window is None or longest + max(
+        sum(len(seqs[s].answer) for s in g) for g in by_q.values()) < window)
+    qgroups: list[list[list[int]]] = []
+    n_prefix, prefix_kv = 0, None
+    if packed:
+        qgroups = _question_groups(by_q, seqs, batch_size, max_tokens)
+        # Prompts often share their first tokens (a chat template's system turn, an instruction):
+        # those run once, and every group continues from their KV cache.
+        n_prefix = common_prefix([seqs[g[0]].prompt for g in by_q.values()]) if len(by_q) > 1 else 0
+    elif shared:
         groups = list(by_q.values())
     else:
         order = sorted(range(len(seqs)), key=lambda s: -(len(seqs[s].prompt) + alens[s]))
@@ -219,8 +301,16 @@ def run_capture(
     extra = _forward_kwargs(model)
     run = _run_shared_prompt if shared else _run_full
     try:
-        unit = "question" if shared else "batch"
-        for idx in tqdm(groups, desc="capture", unit=unit, disable=not progress):
+        if packed:
+            prefix_kv = _prefix_cache(model, seqs[0].prompt[:n_prefix], extra) if n_prefix else None
+            grabbed.clear()
+            for qg in tqdm(qgroups, desc="capture", unit="batch", disable=not progress):
+                flat = [s for g in qg for s in g]
+                outs = _run_packed(model, seqs, qg, pad, grabbed, extra, n_prefix, prefix_kv)
+                for s, h in zip(flat, outs, strict=True):
+                    data[:, offsets[s] : offsets[s + 1]] = h.to("cpu", data.dtype)
+        for idx in ([] if packed else tqdm(groups, desc="capture", unit="question" if shared else "batch",
+                                           disable=not progress)):
             for s, h in zip(idx, run(model, seqs, idx, pad, grabbed, extra), strict=True):
                 data[:, offsets[s] : offsets[s + 1]] = h.to("cpu", data.dtype)
     finally:

@@ -260,7 +260,7 @@ def train_stacked(
     ``lambda_p * mean |f(x[tgt])|`` when set; summed over layers. ``schedule``: ``hpr.train.lr_schedule``
     with 5% warmup; ``grad_clip``: per-layer gradient norm bound (None: off).
     """
-    from .train import clip_grad_norm_per_layer, lr_schedule
+    from .train import adamw, clip_grad_norm_per_layer, lr_schedule
 
     if len(src) == 0:
         raise ParameterError("no (negative, positive) pairs to train Diff on; check the captured data")
@@ -268,7 +268,7 @@ def train_stacked(
     n_layers, _, d = data.shape
     net = StackedMLP(n_layers, diff_widths(d, depth, design), seed, design)
     steps = epochs * math.ceil(len(src) / batch_size)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = adamw(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(schedule, steps, 0.05))
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=steps, desc="Diff training", disable=not progress)
@@ -363,9 +363,14 @@ def fit_diff(
     opts = {**TRAINING[design], **(training or {})}
     fmt = prompt_format or DEFAULT_FORMAT
     chosen = _resolve_layers(model, layers, editors_dir)
-    kw: dict[str, Any] = {"layers": chosen, "prompt_format": fmt, "seed": seed, "progress": progress,
-                          "dataset": dataset}
-    cap = capture(model, tokenizer, train, split="train", **kw)
+    # Every layer is captured (the capture HPR's training already cached, same key), then the
+    # chosen layers are kept: no second pass over the data for Diff.
+    kw: dict[str, Any] = {"prompt_format": fmt, "seed": seed, "progress": progress, "dataset": dataset}
+
+    def layers_of(c: Any) -> Any:
+        return c if chosen is None else c.subset_layers(chosen)
+
+    cap = layers_of(capture(model, tokenizer, train, split="train", **kw))
     neg, pos = cap.pairs()
     src, tgt = training_rows(neg, pos, design)
     net = train_stacked(cap.data, src, tgt, angle_layers=depth, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -374,8 +379,9 @@ def fit_diff(
                                                                                    "val_mse_improvement")
     score: dict[int, float] = {}
     if val:
-        vcap = capture(model, tokenizer, val, split="val", **kw)
-        vsrc, vtgt = training_rows(*vcap.pairs(), design)
+        vcap = layers_of(capture(model, tokenizer, val, split="val", **kw))
+        vneg, vpos = vcap.pairs()
+        vsrc, vtgt = training_rows(vneg, vpos, design)
         if len(vsrc):
             vals = score_fn(net, vcap.data, vsrc, vtgt)
             score = {layer: float(vals[j]) for j, layer in enumerate(cap.layers)}

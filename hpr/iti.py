@@ -6,7 +6,8 @@ outputs side by side, ``(batch, seq, H * head_dim)``), taken at the last token o
 every answer of every training question (label 1 for a true answer). A logistic-regression probe
 per (layer, head) is fitted on the train split and ranked by accuracy on the val split; the top
 ``k`` heads are edited (``k``: ``default_k``, the paper's 48/1024 share of all heads, or a number,
-method name ``iti-k<K>``; it changes the fitted artifact). Each edited head gets the
+method name ``iti-k<K>``). The fitted artifact holds every head, ranked, with its direction and
+scale, so ``k`` (like ``alpha``) is chosen at load time: ``iti`` and ``iti-k48`` share one fit. Each edited head gets the
 mass-mean-shift direction ``mean(true) - mean(false)`` of its **train** activations (unit length)
 and the scale ``sigma``, the standard deviation of the **train** activations projected on it: the
 validation split only ranks heads. At apply time ``alpha * sigma * direction`` is added to that
@@ -211,8 +212,11 @@ class _AddShift:
 
 
 class ITI:
-    """A fitted ITI intervention: ``heads[i] = (layer, head)`` with ``directions[i]`` (head_dim,)
-    unit vectors, ``sigmas[i]`` scales, and the strength ``alpha``."""
+    """A fitted ITI intervention: the ``k`` edited heads ``heads[i] = (layer, head)`` with
+    ``directions[i]`` (head_dim,) unit vectors, ``sigmas[i]`` scales, and the strength ``alpha``.
+
+    The constructor takes heads in rank order (best first), possibly more than ``k`` (a fit keeps
+    every head); ``k`` (default: all given) picks how many are edited, ``top(k)`` another count."""
 
     name = "iti"
 
@@ -226,9 +230,13 @@ class ITI:
         head_dim: int,
         alpha: float = DEFAULT_ALPHA,
         config: dict[str, Any] | None = None,
+        k: int | None = None,
     ) -> None:
         if not heads:
             raise EditorError("an ITI intervention needs at least one head")
+        k = len(heads) if k is None else int(k)
+        if not 1 <= k <= len(heads):
+            raise ParameterError(f"ITI k must be in 1..{len(heads)} (the heads this fit ranked), got {k}")
         if directions.shape != (len(heads), head_dim) or sigmas.shape != (len(heads),):
             raise EditorError(
                 f"ITI weights have shapes {tuple(directions.shape)} and {tuple(sigmas.shape)}, "
@@ -236,14 +244,35 @@ class ITI:
             )
         if not math.isfinite(alpha):
             raise ParameterError(f"ITI alpha must be a finite number, got {alpha}")
-        self.heads = [(int(a), int(b)) for a, b in heads]
-        self.directions = directions.float()
-        self.sigmas = sigmas.float()
+        self.ranked = [(int(a), int(b)) for a, b in heads]
+        self.ranked_directions = directions.float()
+        self.ranked_sigmas = sigmas.float()
+        self.k = k
         self.model = dict(model)
         self.num_heads = int(num_heads)
         self.head_dim = int(head_dim)
         self.alpha = float(alpha)
         self.config = dict(config or {})
+
+    @property
+    def heads(self) -> list[tuple[int, int]]:
+        """The ``k`` edited heads, best first."""
+        return self.ranked[: self.k]
+
+    @property
+    def directions(self) -> Tensor:
+        """``(k, head_dim)`` unit directions of the edited heads."""
+        return self.ranked_directions[: self.k]
+
+    @property
+    def sigmas(self) -> Tensor:
+        """``(k,)`` scales of the edited heads."""
+        return self.ranked_sigmas[: self.k]
+
+    def top(self, k: int) -> ITI:
+        """The same fit with the ``k`` best heads edited."""
+        return ITI(self.ranked, self.ranked_directions, self.ranked_sigmas, self.model, self.num_heads,
+                   self.head_dim, self.alpha, {**self.config, "k": int(k)}, k)
 
     @property
     def layers(self) -> list[int]:
@@ -252,8 +281,8 @@ class ITI:
 
     def with_alpha(self, alpha: float) -> ITI:
         """The same heads and directions with another strength."""
-        return ITI(self.heads, self.directions, self.sigmas, self.model, self.num_heads,
-                   self.head_dim, alpha, self.config)
+        return ITI(self.ranked, self.ranked_directions, self.ranked_sigmas, self.model, self.num_heads,
+                   self.head_dim, alpha, self.config, self.k)
 
     def shifts(self) -> dict[int, Tensor]:
         """Per edited layer, the float32 shift ``(H * head_dim,)`` added to the o_proj input."""
@@ -282,10 +311,10 @@ class ITI:
 
     def save(self, directory: str | Path) -> Path:
         out = Path(directory)
-        tensors = {
-            "heads": torch.tensor(self.heads, dtype=torch.long).reshape(-1, 2),
-            "directions": self.directions,
-            "sigmas": self.sigmas,
+        tensors = {  # every ranked head; "k" in the config says how many are edited by default
+            "heads": torch.tensor(self.ranked, dtype=torch.long).reshape(-1, 2),
+            "directions": self.ranked_directions,
+            "sigmas": self.ranked_sigmas,
         }
         io.save_tensors(out / WEIGHTS_FILE, tensors, {"format": METHOD_FORMAT})
         cfg = {
@@ -295,6 +324,7 @@ class ITI:
             "alpha": self.alpha,
             "num_heads": self.num_heads,
             "head_dim": self.head_dim,
+            "k": self.k,
             "heads": [list(h) for h in self.heads],
             "model": self.model,
         }
@@ -302,15 +332,20 @@ class ITI:
         return out
 
     @classmethod
-    def load(cls, directory: str | Path, model: nn.Module | None = None, alpha: float | None = None) -> ITI:
-        """Load a saved ITI; ``alpha`` overrides the saved strength (e.g. 200)."""
+    def load(cls, directory: str | Path, model: nn.Module | None = None, alpha: float | None = None,
+             k: int | None = None) -> ITI:
+        """Load a saved ITI; ``alpha`` overrides the saved strength (e.g. 200), ``k`` the number of
+        edited heads (e.g. 48; at most the number of heads the fit ranked)."""
         cfg = read_method_config(directory, "iti")
         path = Path(directory) / WEIGHTS_FILE
         try:
             t = load_file(str(path))
             heads = [(int(a), int(b)) for a, b in t["heads"].tolist()]
+            want = int(cfg.get("k", len(heads)) if k is None else k)
+            if not 1 <= want <= len(heads):
+                raise ParameterError(f"{directory} ranks {len(heads)} heads; k={want} is out of range 1..{len(heads)}")
             out = cls(heads, t["directions"], t["sigmas"], cfg["model"], int(cfg["num_heads"]),
-                      int(cfg["head_dim"]), float(cfg["alpha"] if alpha is None else alpha), cfg)
+                      int(cfg["head_dim"]), float(cfg["alpha"] if alpha is None else alpha), {**cfg, "k": want}, want)
         except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
             raise EditorError(f"{path} is missing or unreadable ({exc}); fit ITI again") from exc
         if model is not None:
@@ -349,7 +384,7 @@ def fit_iti(
     va_x = head_activations(model, tokenizer, va_texts, batch_size, progress)
     tr_acc, va_acc = probe_accuracies(tr_x, tr_y, va_x, va_y, seed, progress)
     flat = va_acc.flatten().tolist()
-    order = sorted(range(total), key=lambda i: (-flat[i], i))[:k]
+    order = sorted(range(total), key=lambda i: (-flat[i], i))  # every head, best first
     heads = [(i // h, i % h) for i in order]
     directions, sigmas = mass_mean_directions(tr_x, tr_y)
     sel_d = torch.stack([directions[la, he] for la, he in heads])
@@ -367,7 +402,7 @@ def fit_iti(
         ],
         "val_accuracy": va_acc.tolist(),
     }
-    return ITI(heads, sel_d, sel_s, fingerprint(model), h, hd, alpha, config)
+    return ITI(heads, sel_d, sel_s, fingerprint(model), h, hd, alpha, config, k)
 
 
 __all__ = [

@@ -139,8 +139,8 @@ def parse_method(name: str) -> MethodSpec:
     """Parse a method name: a ``METHOD_NAMES`` entry or ``iti[-<alpha>][-k<K>]``.
 
     ``iti``: alpha 15 (``hpr.iti.DEFAULT_ALPHA``) and the scaled default K (``hpr.iti.default_k``);
-    ``iti-200``: alpha 200 (a load option: the same fitted heads); ``iti-k48``: K = 48 heads (a fit
-    option: another artifact); ``iti-200-k48``: both. ``iti-15`` is ``iti``.
+    ``iti-200``: alpha 200; ``iti-k48``: K = 48 heads; ``iti-200-k48``: both. Both are load options:
+    one ITI fit ranks every head, so all of them share it. ``iti-15`` is ``iti``.
     """
     if not isinstance(name, str):
         raise ParameterError(f"a method name must be a string, got {type(name).__name__}")
@@ -156,13 +156,13 @@ def parse_method(name: str) -> MethodSpec:
     from .iti import DEFAULT_ALPHA
 
     alpha = float(m["alpha"]) if m["alpha"] is not None else DEFAULT_ALPHA
-    fit: dict[str, Any] = {}
+    load: dict[str, Any] = {"alpha": alpha}
     if m["k"] is not None:
         if int(m["k"]) < 1:
             raise ParameterError(f"method {name!r}: the number of ITI heads must be at least 1 (iti-k48)")
-        fit["k"] = int(m["k"])
-    canon = "iti" + (f"-{alpha:g}" if alpha != DEFAULT_ALPHA else "") + (f"-k{fit['k']}" if fit else "")
-    return MethodSpec("iti", {"alpha": alpha}, fit, False, canon)
+        load["k"] = int(m["k"])
+    canon = "iti" + (f"-{alpha:g}" if alpha != DEFAULT_ALPHA else "") + (f"-k{load['k']}" if "k" in load else "")
+    return MethodSpec("iti", load, {}, False, canon)
 
 
 def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwargs: Any) -> EditMethod:
@@ -179,9 +179,9 @@ def load_method(name: str, directory: str | Path | None, model: nn.Module, **kwa
     if directory is None:
         raise ParameterError(f"method {name!r} needs the directory it was saved in (got None)")
     if kwargs and name != "iti":
-        raise ParameterError(f"method {name!r} takes no load options, got {sorted(kwargs)} (only iti: alpha)")
-    if name == "iti" and set(kwargs) - {"alpha"}:
-        raise ParameterError(f"iti takes only the load option alpha, got {sorted(kwargs)}")
+        raise ParameterError(f"method {name!r} takes no load options, got {sorted(kwargs)} (only iti: alpha, k)")
+    if name == "iti" and set(kwargs) - {"alpha", "k"}:
+        raise ParameterError(f"iti takes only the load options alpha and k, got {sorted(kwargs)}")
     if name in HPR_FAMILY:
         from .editor import EditorSet
 

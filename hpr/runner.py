@@ -31,10 +31,12 @@ from .io import data_fingerprint, has_artifacts, stale_reason
 
 @dataclass(frozen=True)
 class NotebookSpec:
-    """One notebook of the study and the notebooks whose artifacts it reuses."""
+    """One notebook of the study and the notebooks whose artifacts it reuses. ``extended``: part of
+    the extended study (hours on two cores), run by the ``cpu-extended`` and ``gpu`` profiles only."""
 
     name: str
     depends: tuple[str, ...] = ()
+    extended: bool = False
 
 
 #: The study, in dependency order.
@@ -45,46 +47,50 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec("05_flip_rates", ("04_benchmarks",)),
     NotebookSpec("01_activation_norms", ("03_hpr_training",)),
     NotebookSpec("06_rotate_activations", ("03_hpr_training",)),
+    NotebookSpec("07_extended", ("04_benchmarks",), extended=True),
 )
+
+_SMOL = ["smollm2-135m-instruct"]
+_BOTH = ["smollm2-135m-instruct", "gemma3-270m"]
+#: The paper's Table 1 rows plus Diff's prose design and ITI with honest_llama's 48 heads.
+_METHODS = ["base", "lora", "diff", "diff-mse", "iti", "iti-k48", "hpr-noangle", "hpr"]
 
 _COMMON_CPU: dict[str, Any] = {
     "profile": "cpu",
-    "models": ["smollm2-135m-instruct", "gemma3-270m"],
+    # The main study (what `make book` runs, sized for 30 minutes on two cores): SmolLM2 only. Gemma-3,
+    # hpr-unit, seeds and layer sweeps are in the extended study (profile cpu-extended, notebook 7).
+    "models": _SMOL,
     "model": "smollm2-135m-instruct",
-    "all_methods_models": ["smollm2-135m-instruct"],
-    "methods": ["base", "lora", "diff", "diff-mse", "iti", "iti-k48", "hpr-noangle", "hpr"],
+    "all_methods_models": _SMOL,
+    "methods": _METHODS,
+    "flip_methods": ["iti", "iti-200", "hpr"],  # the paper's Table 3 rows
     "dataset": "truthfulqa",
     "data_dir": None,
     "seed": 0,
     "k": 5,
     "out_dir": "runs/book",
     # Test caps and train/val caps: seeded samples stratified by subtask (hpr.data.cap_records).
-    "caps": {"bbq": 300, "seq": None, "toxigen": None, "truthfulqa": None},
-    "train_caps": {"bbq": 300, "seq": None, "toxigen": None, "truthfulqa": None},
+    "caps": {"bbq": 200, "seq": None, "toxigen": None, "truthfulqa": None},
+    "train_caps": {"bbq": 200, "seq": None, "toxigen": None, "truthfulqa": None},
     "max_k": 10,
     "n_generate": 3,
-    # Sized for `make book` in under 30 minutes on two cores: Figure 6 at five k values, Table 2
-    # (HPR editors trained on each dataset, and the TruthfulQA editors transferred) on SmolLM2 only.
-    "fig6_ks": [1, 2, 3, 5, 8],
-    "table2_models": ["smollm2-135m-instruct"],
+    "fig6_ks": [1, 3, 5, 8],  # Figure 6 at four k values (k = 5 is Table 1's run)
+    "table2_models": _SMOL,
     "source": None,  # None: the offline BIG-bench task files (hpr.data); "hub" or "local"
     "add_bos": None,  # None: the tokenizer's default
     "device": "auto",  # "auto": CUDA when available, else CPU (hpr.models.resolve_device)
     "dtype": None,  # None: bfloat16 on CUDA, float32 on CPU (hpr.models.default_dtype)
-    "seeds": [0],
-    "layer_sweep_models": None,
 }
 
-#: Named parameter sets. ``cpu`` must finish ``make book`` in 30 minutes on two cores; ``cpu-seeds``
-#: adds Table 1's base, Diff, ITI and HPR rows on three split seeds (SmolLM2 only); ``cpu-full``
-#: runs every method on both models, three seeds and the k = 1 layer sweep (several hours on two cores).
+#: Named parameter sets. ``cpu`` (the main study) must finish ``make book`` in 30 minutes on two
+#: cores; ``cpu-extended`` runs the extended notebook (every method on both models, three split
+#: seeds, HPR one layer at a time on every layer: hours on two cores) into its own ``out_dir``.
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(_COMMON_CPU),
-    "cpu-seeds": {**_COMMON_CPU, "profile": "cpu-seeds", "models": ["smollm2-135m-instruct"], "seeds": [0, 1, 2],
-                  "table2_models": [], "fig6_ks": [5]},
-    "cpu-full": {**_COMMON_CPU, "profile": "cpu-full", "all_methods_models": ["smollm2-135m-instruct", "gemma3-270m"],
-                 "seeds": [0, 1, 2], "table2_models": None, "fig6_ks": None,
-                 "layer_sweep_models": ["smollm2-135m-instruct", "gemma3-270m"]},
+    "cpu-extended": {**_COMMON_CPU, "profile": "cpu-extended", "out_dir": "runs/extended", "models": _BOTH,
+                     "all_methods_models": _BOTH, "methods": [*_METHODS, "hpr-unit"],
+                     "flip_methods": ["iti", "iti-200", "iti-k48", "iti-200-k48", "hpr", "hpr-unit"],
+                     "seeds": [0, 1, 2], "seed_models": _SMOL, "layer_sweep_models": _BOTH},
     "gpu": {
         **_COMMON_CPU,
         "profile": "gpu",
@@ -93,14 +99,28 @@ PROFILES: dict[str, dict[str, Any]] = {
         "all_methods_models": ["meta-llama/Llama-2-7b-chat-hf"],
         "caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": None},
         "train_caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": None},
+        "methods": [*_METHODS, "hpr-unit"],
+        "flip_methods": ["iti", "iti-200", "iti-k48", "iti-200-k48", "hpr", "hpr-unit"],
         "max_k": 32,
         "n_generate": 5,
         "fig6_ks": None,
         "table2_models": None,
+        "seeds": [0, 1, 2],
+        "seed_models": ["meta-llama/Llama-2-7b-chat-hf"],
+        "layer_sweep_models": ["meta-llama/Llama-2-7b-chat-hf"],
         "source": "hub",
         "add_bos": False,  # the authors' choice
     },
 }
+#: Which notebooks a profile runs when no ``--only`` is given: ``main`` (the notebooks that are not
+#: ``extended``: what ``make book`` runs), ``extended`` or ``all``.
+PROFILE_NOTEBOOKS: dict[str, str] = {"cpu": "main", "cpu-extended": "extended", "gpu": "all"}
+
+
+def profile_notebooks(profile: str) -> list[str]:
+    """The notebooks ``profile`` runs by default, in dependency order (see ``PROFILE_NOTEBOOKS``)."""
+    tier = PROFILE_NOTEBOOKS.get(profile, "main")
+    return [s.name for s in NOTEBOOKS if tier == "all" or s.extended == (tier == "extended")]
 
 
 @dataclass
@@ -131,14 +151,19 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def profile_parameters(profile: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The parameters of ``profile`` with ``overrides`` applied. ``model=X`` also sets models."""
+    """The parameters of ``profile`` with ``overrides`` applied. ``model=X`` also sets every list of
+    models that is not given (``models``, ``all_methods_models``, ``seed_models``, ``layer_sweep_models``
+    where the profile has one)."""
     if profile not in PROFILES:
         raise ParameterError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     params = dict(PROFILES[profile])
     over = dict(overrides or {})
-    if "model" in over and "models" not in over:
-        over["models"] = [over["model"]]
+    if "model" in over:
+        over.setdefault("models", [over["model"]])
         over.setdefault("all_methods_models", [over["model"]])
+        for key in ("seed_models", "layer_sweep_models"):
+            if params.get(key):
+                over.setdefault(key, [over["model"]])
     params.update(over)
     return params
 
@@ -209,7 +234,8 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 #: Parameters whose ``None`` default stands for a list: the type of the list's items.
 _LISTS: dict[str, type] = {"fig6_ks": int, "table2_models": str, "models": str, "all_methods_models": str,
-                           "methods": str, "seeds": int, "layer_sweep_models": str}
+                           "methods": str, "seeds": int, "layer_sweep_models": str, "seed_models": str,
+                           "seed_methods": str, "layer_sweep_methods": str, "flip_methods": str}
 #: Smallest item of an integer list parameter (default 1).
 _LIST_MIN: dict[str, int] = {"seeds": 0}
 
@@ -295,13 +321,25 @@ def _stamp(path: Path, record: Mapping[str, Any]) -> None:
     text = (
         "**Run record.** "
         f"profile `{record['profile']}`; hpr {record['version']}; git commit `{record['commit']}`; "
-        f"run time {record['seconds']:.1f} s; finished {record['finished']}.\n\nParameters: {params}."
+        + (f"device `{record['device']}`, dtype `{record['dtype']}`; " if record.get("device") else "")
+        + f"run time {record['seconds']:.1f} s; finished {record['finished']}.\n\nParameters: {params}."
     )
     cell = nbformat.v4.new_markdown_cell(text, metadata={"tags": ["hpr-run-record"]})
     nb.cells = [c for c in nb.cells if "hpr-run-record" not in c.get("metadata", {}).get("tags", [])]
     nb.cells.append(cell)
     with io.atomic_path(path) as tmp:
         nbformat.write(nb, str(tmp))
+
+
+def _resolved_device(params: Mapping[str, Any]) -> dict[str, str]:
+    """``{"device": "cuda", "dtype": "torch.bfloat16"}``: what the notebook's ``device``/``dtype``
+    parameters resolve to on this machine (``hpr.models``), for the run record; empty when it has none."""
+    if "device" not in params and "dtype" not in params:
+        return {}
+    from .models import resolve_device, resolve_dtype
+
+    dev = params.get("device", "auto")
+    return {"device": str(resolve_device(dev)), "dtype": str(resolve_dtype(params.get("dtype"), dev)).removeprefix("torch.")}
 
 
 def library_root() -> Path:
@@ -339,7 +377,7 @@ def run_study(
     base = Path(root).resolve()
     params = profile_parameters(profile, overrides)
     names = [s.name for s in NOTEBOOKS]
-    wanted = set(only) if only else set(names)
+    wanted = set(only) if only else set(profile_notebooks(profile))
     unknown = wanted - set(names)
     if unknown:
         raise ParameterError(f"unknown notebook(s) {sorted(unknown)}; choose from {names}")
@@ -412,6 +450,7 @@ def run_study(
                 raise
             seconds = time.perf_counter() - t0
             record = {"status": "ok", "profile": profile, "parameters": nb_params, "version": __version__,
+                      **_resolved_device(nb_params),
                       "commit": commit, "seconds": round(seconds, 2), "source_sha256": source_sha,
                       "inputs": inputs, "inputs_sha256": io.stable_hash(inputs, 64), "out_dir": out_dir,
                       "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -430,6 +469,6 @@ def run_study(
     return [results[s.name] for s in NOTEBOOKS if s.name in results]
 
 
-__all__ = ["NOTEBOOKS", "PROFILES", "NotebookSpec", "RunResult", "data_fingerprint", "declared_parameters",
+__all__ = ["NOTEBOOKS", "PROFILES", "PROFILE_NOTEBOOKS", "NotebookSpec", "profile_notebooks", "RunResult", "data_fingerprint", "declared_parameters",
            "git_commit", "has_artifacts", "library_root", "parameter_defaults", "parse_overrides",
            "profile_parameters", "run_study", "stale_reason", "validate_parameters"]

@@ -296,7 +296,7 @@ def _chunks(encs: Sequence[Encoded], n_prefix: int, batch_size: int, max_tokens:
     return out
 
 
-def _packed_inputs(
+def packed_inputs(
     rows: Sequence[Sequence[tuple[int, ...]]], context_lens: Sequence[int], kv_len: int, pad: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Input ids ``(B, S)``, position ids ``(B, S)`` and a boolean attention mask ``(B, 1, S, kv_len + S)``
@@ -359,7 +359,7 @@ def score(
 
     Each pass runs a batch of questions' contexts (right-padded) on the shared prefix's KV cache,
     then all their continuations at once, packed per question into one row with an attention mask
-    that lets each continuation see only its context and itself (``_packed_inputs``).
+    that lets each continuation see only its context and itself (``packed_inputs``).
     """
     if batch_size < 1:
         raise ParameterError(f"batch_size must be at least 1, got {batch_size}")
@@ -408,7 +408,7 @@ def score(
                       for b, i in enumerate(chunk)]
             if any(segs):
                 kv_len = n_prefix + max(len(t) for t in tails)
-                ids, pos, mask = _packed_inputs(segs, [n_prefix + len(t) for t in tails], kv_len, pad)
+                ids, pos, mask = packed_inputs(segs, [n_prefix + len(t) for t in tails], kv_len, pad)
                 res = model(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device),
                             **{arg: cache}, use_cache=True)
                 for b, i in enumerate(chunk):
@@ -466,6 +466,7 @@ __all__ = [
     "encode_request",
     "fit_lengths",
     "max_positions",
+    "packed_inputs",
     "score",
     "score_full",
     "tok_encode",

@@ -214,12 +214,14 @@ def clip_grad_norm_per_layer(params: Sequence[Tensor], max_norm: float, eps: flo
     return norms
 
 
-def _adamw(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW, fused where the build supports it (several times faster on CPU, same update)."""
+def adamw(params: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused where the build supports it (several times faster on CPU, the same update up to
+    float rounding); used by HPR and Diff training."""
+    params = list(params)
     try:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def pair_targets(cap: Captured, neg: Tensor, pos: Tensor, chunk: int = 8192) -> Tensor:
@@ -315,7 +317,7 @@ def train(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     model = StackedHPR(templates).to(dev)
     target = target.to(dev)
-    opt = _adamw(model, cfg)
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(neg) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.schedule, steps_per_epoch * cfg.epochs,
                                                                cfg.warmup))

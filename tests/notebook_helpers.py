@@ -43,14 +43,20 @@ def write_tiny_data(root: Path) -> Path:
     return root
 
 
-def tiny_parameters(data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Overrides that make every notebook run in seconds on the tiny random model."""
-    return {"models": ["tiny-random"], "model": "tiny-random", "all_methods_models": ["tiny-random"],
-            "methods": ["base", "lora", "diff", "diff-mse", "iti", "hpr-noangle", "hpr"], "data_dir": str(data_dir), "out_dir": str(out_dir), "k": 2,
-            "max_k": 3, "n_generate": 1, "table2_models": ["tiny-random"],
-            "seeds": [0, 1], "layer_sweep_models": ["tiny-random"], "n_examples": 2, "n_frames": 3,
-            "caps": {"bbq": 2, "seq": None, "toxigen": None, "truthfulqa": None},
-            "train_caps": {"bbq": 3, "seq": None, "toxigen": None, "truthfulqa": None}}
+def tiny_parameters(data_dir: Path, out_dir: Path, extended: bool = False) -> dict[str, Any]:
+    """Overrides that make every notebook run in seconds on the tiny random model (``extended``: for
+    the extended study's notebook, profile ``cpu-extended``)."""
+    common = {"models": ["tiny-random"], "all_methods_models": ["tiny-random"], "data_dir": str(data_dir),
+              "out_dir": str(out_dir), "k": 2,
+              "caps": {"bbq": 2, "seq": None, "toxigen": None, "truthfulqa": None},
+              "train_caps": {"bbq": 3, "seq": None, "toxigen": None, "truthfulqa": None}}
+    if extended:
+        return {**common, "methods": ["base", "lora", "diff", "diff-mse", "iti", "iti-k2", "hpr-noangle", "hpr", "hpr-unit"],
+                "flip_methods": ["iti", "iti-200", "hpr", "hpr-unit"], "seeds": [0, 1], "seed_models": ["tiny-random"],
+                "seed_methods": ["base", "hpr", "hpr-unit"], "layer_sweep_models": ["tiny-random"]}
+    return {**common, "model": "tiny-random",
+            "methods": ["base", "lora", "diff", "diff-mse", "iti", "hpr-noangle", "hpr"],
+            "max_k": 3, "n_generate": 1, "table2_models": ["tiny-random"], "n_examples": 2, "n_frames": 3}
 
 
 _EXECUTED: dict[str, Any] = {}
@@ -73,5 +79,7 @@ def executed_study(base: Path) -> tuple[Path, list[Any]]:
         shutil.copy(REPO / name, root / name)
     data = write_tiny_data(root / "data")
     results = run_study("cpu", tiny_parameters(data, root / "runs" / "book"), root=root, log=lambda _m: None)
+    results += run_study("cpu-extended", tiny_parameters(data, root / "runs" / "extended", extended=True), root=root,
+                         log=lambda _m: None)
     _EXECUTED.update(root=root, results=results)
     return root, results

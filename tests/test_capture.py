@@ -97,16 +97,30 @@ def test_one_forward_per_unique_sequence(tiny_model, tokenizer, share) -> None:
     hook = decoder_layers(tiny_model)[0].register_forward_pre_hook(
         lambda m, a: calls.append(tuple(a[0].shape[:2])))
     try:
-        run_capture(tiny_model, tokenizer, RECORDS, layers=[1], progress=False, batch_size=4,
-                    share_prompt=share)
+        cap = run_capture(tiny_model, tokenizer, RECORDS, layers=[1], progress=False, batch_size=4,
+                          share_prompt=share)
     finally:
         hook.remove()
-    n_seq = sum(len(r.choices) for r in RECORDS)
-    if share:  # per question: the prompt (batch 1), then its T + F answers (one batch)
-        assert [b for b, _ in calls] == [1, 3, 1, 4, 1, 2]
-        assert sum(b for b, _ in calls[1::2]) == n_seq  # T + F, not T x F
+    if share:  # the three prompts in one batch, then every answer in one packed pass (a row per question)
+        assert [b for b, _ in calls] == [3, 3]
+        per_question = torch.bincount(cap.question)  # answer tokens of each question's T + F answers
+        assert calls[1][1] == int(per_question.max())  # side by side in one row, not T x F
     else:
         assert [b for b, _ in calls] == [4, 4, 1]
+
+
+def test_packed_groups_follow_batch_size(tiny_model, tokenizer) -> None:
+    """``batch_size=1``: one question per group, its prompt pass then its packed answers; the values
+    equal the one-group run (packing changes only float rounding)."""
+    calls: list[int] = []
+    hook = decoder_layers(tiny_model)[0].register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        one = run_capture(tiny_model, tokenizer, RECORDS, layers=[1, 2], progress=False, batch_size=1)
+    finally:
+        hook.remove()
+    assert calls == [1, 1, 1, 1, 1, 1]
+    many = run_capture(tiny_model, tokenizer, RECORDS, layers=[1, 2], progress=False, batch_size=16)
+    torch.testing.assert_close(one.data, many.data, rtol=1e-5, atol=1e-5)
 
 
 def test_shared_prompt_matches_whole_sequences(tiny_model, tokenizer) -> None:
@@ -225,3 +239,20 @@ def test_smollm2_capture_shared_prompt_matches_whole_sequences() -> None:
     assert len(neg) == len(a.candidate_pairs()[0])  # lettered answers share no prefix
     es = train(a, None, epochs=1, k=2, progress=False)
     assert len(es.selected) == 2 and es.model["hidden_size"] == 576
+
+
+def test_common_prompt_prefix_runs_once(tiny_model, tokenizer) -> None:
+    """Prompts that share their first tokens (a chat template's system turn, an instruction): the
+    prefix runs once (batch 1), the rest continues from its KV cache; the activations equal
+    whole-sequence runs."""
+    recs = [Record(r.id, "Answer truthfully, please. " + r.prompt, r.choices, r.correct) for r in RECORDS]
+    calls: list[tuple[int, int]] = []
+    hook = decoder_layers(tiny_model)[0].register_forward_pre_hook(
+        lambda m, a: calls.append(tuple(a[0].shape[:2])))
+    try:
+        a = run_capture(tiny_model, tokenizer, recs, layers=[0, 2], progress=False)
+    finally:
+        hook.remove()
+    assert [b for b, _ in calls] == [1, 3, 3] and calls[0][1] >= len("Answer truthfully, please. ")
+    b = run_capture(tiny_model, tokenizer, recs, layers=[0, 2], progress=False, share_prompt=False)
+    torch.testing.assert_close(a.data, b.data, rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ from notebook_helpers import REPO
 from hpr import bigbench, data
 from hpr.runner import profile_parameters, run_study
 
-pytestmark = pytest.mark.slow  # six kernels on the tiny model
+pytestmark = pytest.mark.slow  # seven kernels on the tiny model
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -57,13 +57,15 @@ def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest
             "table2_models": ["tiny-random"], "methods": ["base", "iti", "hpr-noangle", "hpr"],
             "out_dir": str(root / "runs" / "book"), "k": 2, "max_k": 2, "n_generate": 1, "n_examples": 1,
             "n_frames": 2, "caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": 24},
-            "train_caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": 24}}
+            "train_caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": 24},
+            "flip_methods": ["iti", "iti-200", "hpr"], "seeds": [0, 1], "seed_methods": ["base", "hpr"],
+            "layer_sweep_methods": ["hpr"]}
     params = profile_parameters("gpu", over)
     assert params["source"] == "hub" and params["add_bos"] is False and params["device"] == "auto"
     results = run_study("gpu", over, root=root, log=lambda _m: None)
     assert [(r.name, r.status) for r in results] == [(r.name, "ran") for r in results], \
         [(r.name, r.status, r.cell, r.error) for r in results]
-    assert len(results) == 6
+    assert len(results) == 7  # the gpu profile runs the extended notebook too
     rec = nbformat.read(root / "book/notebooks/04_benchmarks.ipynb", as_version=4).metadata["hpr"]
     assert rec["parameters"]["source"] == "hub" and rec["parameters"]["add_bos"] is False
     files = sorted((root / "runs" / "book").glob("tiny-random/*/seed0/results/*/*.json"))

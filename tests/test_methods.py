@@ -36,9 +36,9 @@ def test_names():
     ("iti", "iti", {"alpha": 15.0}, {}, False, "iti"),
     ("iti-15", "iti", {"alpha": 15.0}, {}, False, "iti"),
     ("iti-200", "iti", {"alpha": 200.0}, {}, False, "iti-200"),
-    ("iti-k48", "iti", {"alpha": 15.0}, {"k": 48}, False, "iti-k48"),
-    ("iti-200-k48", "iti", {"alpha": 200.0}, {"k": 48}, False, "iti-200-k48"),
-    ("iti-2.5-k3", "iti", {"alpha": 2.5}, {"k": 3}, False, "iti-2.5-k3"),
+    ("iti-k48", "iti", {"alpha": 15.0, "k": 48}, {}, False, "iti-k48"),
+    ("iti-200-k48", "iti", {"alpha": 200.0, "k": 48}, {}, False, "iti-200-k48"),
+    ("iti-2.5-k3", "iti", {"alpha": 2.5, "k": 3}, {}, False, "iti-2.5-k3"),
 ])
 def test_parse_method(name, family, load, fit, uses_k, canon):
     spec = parse_method(name)
@@ -156,17 +156,25 @@ def test_iti_and_norms_on_smollm2(tmp_path):
 def test_load_options_only_for_iti(tiny_model, tmp_path):
     with pytest.raises(ParameterError, match="alpha"):
         load_method("diff", tmp_path, tiny_model, alpha=3.0)
-    with pytest.raises(ParameterError, match="only the load option alpha"):
-        load_method("iti", tmp_path, tiny_model, k=3)
+    with pytest.raises(ParameterError, match="only the load options alpha and k"):
+        load_method("iti", tmp_path, tiny_model, heads=3)
 
 
 def test_parsed_names_fit_and_load(tiny_model, tokenizer, tmp_path):
-    """``fit_options`` go to fit_method (K changes the artifact), ``load_options`` to load_method."""
+    """``fit_options`` go to fit_method, ``load_options`` to load_method: one ITI fit ranks every
+    head, so ``iti``, ``iti-200`` and ``iti-200-k2`` load the same artifact with other heads/alpha."""
     spec = parse_method("iti-200-k2")
+    assert spec.fit_options == {}
     fit_method(spec.family, model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
                out=tmp_path / "iti", progress=False, **spec.fit_options)
     m = load_method(spec.family, tmp_path / "iti", tiny_model, **spec.load_options)
     assert len(m.heads) == 2 and m.alpha == 200.0
+    default = load_method("iti", tmp_path / "iti", tiny_model, **parse_method("iti").load_options)
+    n = len(default.heads)
+    assert n == default.config["k"] and m.heads[:n] == default.heads
+    assert torch.equal(m.directions[:n], default.directions) and torch.equal(m.sigmas[:n], default.sigmas)
+    with pytest.raises(ParameterError, match="out of range"):
+        load_method("iti", tmp_path / "iti", tiny_model, k=10_000)
     with pytest.raises(ParameterError, match="design"):
         fit_method("diff-mse", model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
                    out=tmp_path / "d", design="authors", progress=False)

@@ -31,10 +31,11 @@ def test_all_notebooks_ran(study: tuple[Path, list[Any]]) -> None:
     root, results = study
     assert [(r.name, r.status) for r in results] == [(s, "ran") for s in (
         "03_hpr_training", "02_probe_accuracy", "04_benchmarks", "05_flip_rates", "01_activation_norms",
-        "06_rotate_activations")], [(r.name, r.status, r.cell, r.error) for r in results]
+        "06_rotate_activations", "07_extended")], [(r.name, r.status, r.cell, r.error) for r in results]
     for r in results:
         nb = nbformat.read(root / "book" / "notebooks" / f"{r.name}.ipynb", as_version=4)
-        assert nb.metadata["hpr"]["parameters"]["model"] == "tiny-random" or "models" in nb.metadata["hpr"]["parameters"]
+        params = nb.metadata["hpr"]["parameters"]
+        assert params.get("model") == "tiny-random" or params.get("models") == ["tiny-random"]
         assert not any(o.get("output_type") == "error" for o in _outputs(root / "book" / "notebooks" / f"{r.name}.ipynb"))
 
 
@@ -52,8 +53,13 @@ def test_tables_and_artifacts(study: tuple[Path, list[Any]]) -> None:
     assert "| -AnglePred |" in text and "| Diff (MSE design) |" in text and "| LoRA |" in text
     assert "tiny random Llama BBQ" in text and "HPR (TruthfulQA editors, transfer)" in text
     assert "p_value" in text and "verdict" in text
-    assert "mc1 per seed" in text and "Seeds: [0, 1]." in text  # the seed-spread table
-    assert "probe val accuracy (%)" in text  # the k = 1 layer sweep
+    extended = _text(root / "book/notebooks/07_extended.ipynb")
+    assert "| HPR (unit variant) |" in extended and "| ITI (K = 2 heads) |" in extended  # Table 1, every method
+    assert "mc1 per seed" in extended and "Seeds: [0, 1]." in extended  # the seed-spread table
+    assert "probe val accuracy (%)" in extended and "layers above base (MC1)" in extended  # the layer sweep
+    assert "share_pred_below_0.01" in extended and "mean_share" in extended  # angle fit, plane assumption
+    assert "False→True" in extended and "HPR (unit variant)" in extended  # Table 3 with the variant
+    assert not list((root / "runs" / "book").glob("*/*/seed1"))  # the extended study keeps to its out_dir
     flips = _text(root / "book/notebooks/05_flip_rates.ipynb")
     assert "False→True" in flips and "ITI-200" in flips and "Llama-2-7B-Chat (paper)" in flips
     run = root / "runs" / "book" / "tiny-random" / "truthfulqa" / "seed0"

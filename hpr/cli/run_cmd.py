@@ -8,7 +8,7 @@ from typing import Any
 
 def register(sub: Any) -> None:
     run = sub.add_parser("run", help="execute the book's notebooks with papermill")
-    run.add_argument("--profile", default="cpu", help="parameter profile: cpu (default) or gpu")
+    run.add_argument("--profile", default="cpu", help="parameter profile: cpu (default: the main study, what make book runs), cpu-extended (the extended notebook, hours) or gpu (every notebook)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a notebook parameter (JSON value), e.g. -p model=org/name -p k=3")
     run.add_argument("--only", action="append", default=None, metavar="NOTEBOOK",
