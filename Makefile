@@ -19,7 +19,7 @@ $(BIN)/python:
 # torch first, alone and exact: a looser spec would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[all,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -46,6 +46,7 @@ bench: fetch
 
 lint: install
 	$(BIN)/ruff check hpr tests benchmarks
+	$(BIN)/ruff format --check hpr tests benchmarks
 	$(BIN)/mypy
 
 clean:

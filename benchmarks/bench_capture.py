@@ -1,6 +1,6 @@
 """Activation capture: throughput vs a plain forward, and forward passes per question (CPU).
 
-Throughput: ``hpr.capture.run_capture`` on the first ``--questions`` TruthfulQA train questions
+Throughput: ``hpr.lm.capture.run_capture`` on the first ``--questions`` TruthfulQA train questions
 (all layers) vs plain forwards of exactly the same padded batches (same order, same padding, no
 hooks, no copies), interleaved, medians. Tokens are the real (non-padding) tokens. Forward
 passes per question, counted from the whole train split: ours runs each of the T + F answer
@@ -24,7 +24,7 @@ DATA_DIR = os.environ.get("HPR_DATA_DIR") or None
 
 
 def load_train(data_dir: str | None) -> list[Any]:
-    from hpr.data import load_split
+    from hpr.data.datasets import load_split
 
     return load_split("truthfulqa", "train", data_dir=data_dir)
 
@@ -48,7 +48,7 @@ def plain_batches(tokenizer: Any, records: list[Any], batch_size: int) -> tuple[
     """The padded ``(ids, mask)`` batches capture runs (same encoding, order, padding)."""
     import torch
 
-    from hpr.prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
+    from hpr.data.prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
 
     chat = has_chat_template(tokenizer)
     seqs = [list(encode(tokenizer, p, a, chat).ids) for r in records for _c, _ok, p, a in
@@ -71,7 +71,7 @@ def plain_batches(tokenizer: Any, records: list[Any], batch_size: int) -> tuple[
 def run(questions: int = 8, repeats: int = 3, batch_size: int = 16, data_dir: str | None = DATA_DIR) -> dict[str, Any]:
     import torch
 
-    from hpr.capture import run_capture
+    from hpr.lm.capture import run_capture
 
     threads = setup_threads()
     records = load_train(data_dir)

@@ -25,8 +25,8 @@ def editor_set(model: Any, k: int, seed: int = 0) -> Any:
     import torch
 
     from hpr import EditorSet
-    from hpr.architectures import fingerprint, hidden_size, num_layers
     from hpr.editor import HPR
+    from hpr.lm.architectures import fingerprint, hidden_size, num_layers
 
     n, d = num_layers(model), hidden_size(model)
     layers = [round((i + 1) * n / (k + 1)) for i in range(k)]
@@ -38,7 +38,7 @@ def editor_set(model: Any, k: int, seed: int = 0) -> Any:
 def _reference_ctx(model: Any, es: Any) -> Any:
     from reference import ReferenceCall
 
-    from hpr.intervene import edit_block_outputs
+    from hpr.lm.hooks import edit_block_outputs
 
     return edit_block_outputs(model, {i: ReferenceCall(es.editors[i]) for i in es.selected})
 
@@ -80,7 +80,7 @@ def run(
 ) -> dict[str, Any]:
     import torch
 
-    from hpr.architectures import decoder_layers, hidden_size, num_layers
+    from hpr.lm.architectures import decoder_layers, hidden_size, num_layers
 
     threads = setup_threads()
     model, _tok, info = bench_model()

@@ -32,10 +32,12 @@ def main() -> None:
 
     import lm_eval  # noqa: F401  (import time is not part of the measurement)
 
-    from hpr import data, lmeval, tasks
-    from hpr.metrics import predict, summarize
-    from hpr.models import load_model
-    from hpr.scoring import count_tokens, score
+    from hpr.data import datasets as data
+    from hpr.evaluation import lmeval, tasks
+    from hpr.evaluation.metrics import predict, summarize
+    from hpr.evaluation.scoring import score
+    from hpr.lm.kv import count_tokens
+    from hpr.lm.models import load_model
 
     model, tok = load_model(args.model)
     records = data.load_split(args.dataset, args.split)

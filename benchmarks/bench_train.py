@@ -2,7 +2,7 @@
 
 Trains ``hpr.train.train`` (every captured layer at once, the paper's defaults unless
 overridden) on TruthfulQA train activations: a capture file given with ``--capture``, else the
-newest cached ``truthfulqa-train-*.safetensors`` of the embedded SmolLM2 (``hpr.io.cache_dir()``), else
+newest cached ``truthfulqa-train-*.safetensors`` of the embedded SmolLM2 (``hpr._files.cache_dir()``), else
 synthetic activations of SmolLM2's shape (30 layers, d = 576) with TruthfulQA's answer counts.
 ``pairs_per_s`` counts one (negative, positive) pair through all layers, per epoch. Prints JSON.
 
@@ -26,9 +26,9 @@ def cached_capture(model: str = "smollm2-135m-instruct") -> Path | None:
 
     from safetensors import safe_open
 
-    from hpr import io
+    from hpr import _files
 
-    found = sorted((io.cache_dir() / "activations").glob("truthfulqa-train-*.safetensors"),
+    found = sorted((_files.cache_dir() / "activations").glob("truthfulqa-train-*.safetensors"),
                    key=lambda p: p.stat().st_mtime)
     best: tuple[int, Path] | None = None
     for path in reversed(found):
@@ -48,7 +48,7 @@ def synthetic_capture(questions: int = 120, layers: int = 30, d: int = 576, answ
     """Random activations laid out like a capture: ``questions`` x (T + F) answers x tokens."""
     import torch
 
-    from hpr.capture import Captured
+    from hpr.lm.capture import Captured
 
     g = torch.Generator().manual_seed(seed)
     per_q = true + false
@@ -63,7 +63,7 @@ def synthetic_capture(questions: int = 120, layers: int = 30, d: int = 576, answ
 
 
 def run(capture: str | None = None, epochs: int = 5, synthetic: bool = False) -> dict[str, Any]:
-    from hpr.capture import Captured
+    from hpr.lm.capture import Captured
     from hpr.train import TrainConfig, train
 
     threads = setup_threads()
@@ -97,7 +97,7 @@ def run(capture: str | None = None, epochs: int = 5, synthetic: bool = False) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--capture", default=None, help="a saved hpr.capture file (safetensors)")
+    ap.add_argument("--capture", default=None, help="a saved hpr.lm.capture file (safetensors)")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--synthetic", action="store_true", help="ignore cached captures")
     a = ap.parse_args()

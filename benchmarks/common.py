@@ -90,7 +90,7 @@ def bench_model(name: str = "smollm2-135m-instruct") -> tuple[Any, Any, dict[str
     import torch
 
     try:
-        from hpr.models import load_model
+        from hpr.lm.models import load_model
 
         model, tok = load_model(name)
         model.eval()

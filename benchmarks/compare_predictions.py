@@ -6,6 +6,11 @@ differences in MC2 and in per-choice log-likelihood. Prints JSON; exit 1 if a qu
 from one of the files.
 
     python benchmarks/compare_predictions.py A.jsonl B.jsonl
+    python benchmarks/compare_predictions.py --runs runs/book OTHER/runs/book
+
+``--runs`` pairs every predictions file of two output folders by its place in them (a results
+folder ``<name>/predictions.jsonl`` and the older ``<name>.jsonl`` count as the same), compares each
+pair, and prints one line per pair and a summary; exit 1 if a file or question is missing on one side.
 """
 
 from __future__ import annotations
@@ -49,11 +54,46 @@ def compare(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[
     return out
 
 
+def predictions_files(root: Path) -> dict[str, Path]:
+    """Predictions files under ``root`` by their key: the path of ``x.jsonl`` or ``x/predictions.jsonl``
+    relative to ``root``, without the suffix (``<model>/<dataset>/seed0/results/<eval>/<name>``)."""
+    out = {}
+    for p in sorted(root.rglob("*.jsonl")):
+        rel = p.relative_to(root)
+        key = rel.parent if p.name == "predictions.jsonl" else rel.with_suffix("")
+        out[key.as_posix()] = p
+    return out
+
+
+def compare_runs(a: Path, b: Path) -> dict[str, Any]:
+    """Every predictions file of two output folders, paired by key, compared."""
+    fa, fb = predictions_files(a), predictions_files(b)
+    pairs = {k: compare(read(fa[k]), read(fb[k])) for k in sorted(set(fa) & set(fb))}
+    return {"pairs": pairs, "only_in_a": sorted(set(fa) - set(fb)), "only_in_b": sorted(set(fb) - set(fa)),
+            "all_same_choice": all(v["same_choice"] == v["questions"] for v in pairs.values()),
+            "max_mc2_diff": max((v.get("max_mc2_diff", 0.0) for v in pairs.values()), default=0.0),
+            "max_loglik_diff": max((v.get("max_loglik_diff", 0.0) for v in pairs.values()), default=0.0)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
+    ap.add_argument("--runs", action="store_true", help="a and b are output folders (e.g. runs/book)")
     args = ap.parse_args()
+    if args.runs:
+        for p in (args.a, args.b):
+            if not p.is_dir():
+                sys.exit(f"{p} is not a folder; --runs compares two output folders such as runs/book")
+        res = compare_runs(args.a, args.b)
+        for key, v in res["pairs"].items():
+            print(f"{key}: {v['same_choice']}/{v['questions']} same choice, max MC2 diff "
+                  f"{v.get('max_mc2_diff', 0.0):.3g}, max log-likelihood diff {v.get('max_loglik_diff', 0.0):.3g}")
+        summary = {k: v for k, v in res.items() if k != "pairs"}
+        summary["files"] = len(res["pairs"])
+        print(json.dumps(summary, indent=2))
+        sys.exit(1 if res["only_in_a"] or res["only_in_b"] or any(
+            v["only_in_a"] or v["only_in_b"] for v in res["pairs"].values()) else 0)
     for p in (args.a, args.b):
         if not p.is_file():
             sys.exit(f"{p} does not exist; pass two predictions .jsonl files")

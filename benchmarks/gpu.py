@@ -100,8 +100,8 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> LlamaForCausa
 def editors(model: Any, k: int, dtype: torch.dtype, device: torch.device) -> tuple[Any, dict[int, Any]]:
     """Our ``EditorSet`` (angle network in ``dtype``) and fp32 copies for the reference design."""
     from hpr import EditorSet
-    from hpr.architectures import fingerprint, hidden_size, num_layers
     from hpr.editor import HPR
+    from hpr.lm.architectures import fingerprint, hidden_size, num_layers
 
     n, d = num_layers(model), hidden_size(model)
     layers = [round((i + 1) * n / (k + 1)) for i in range(k)]
@@ -117,7 +117,7 @@ def editors(model: Any, k: int, dtype: torch.dtype, device: torch.device) -> tup
 
 def block_inputs(model: Any, layer: int, ids: torch.Tensor) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     """The args, kwargs and output of decoder block ``layer`` during a forward of ``ids``."""
-    from hpr.architectures import decoder_layers
+    from hpr.lm.architectures import decoder_layers
 
     block = decoder_layers(model)[layer]
     got: dict[str, Any] = {}
@@ -222,7 +222,7 @@ def kernel_time_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
 def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     from reference import ReferenceCall, reference_edit
 
-    from hpr.intervene import edit_block_outputs
+    from hpr.lm.hooks import edit_block_outputs
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16
@@ -316,7 +316,7 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     # The edit alone vs one decoder block (prefill shape), like the anchor's per-layer ratio.
     layer = es.selected[0]
     args, kwargs, x = block_inputs(model, layer, ids)
-    from hpr.architectures import decoder_layers
+    from hpr.lm.architectures import decoder_layers
 
     block = decoder_layers(model)[layer]
     ours_e, ref_e = es.editors[layer], ref_eds[layer]
@@ -363,9 +363,9 @@ def main() -> None:
     a = ap.parse_args()
     res = run(a.tiny, a.repeats)
     out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / ("gpu-tiny.json" if a.tiny else "h100.json")
-    from hpr import io
+    from hpr import _files
 
-    io.write_json(out, res)
+    _files.write_json(out, res)
     print(json.dumps(res, indent=2))
 
 

@@ -22,8 +22,8 @@ from common import bench_model, emit, median, setup_threads
 def run(steps: int = 40, batch: int = 8, seq: int = 256, k: int = 5) -> dict[str, Any]:
     import torch
 
-    from hpr.editor import _EditCall
-    from hpr.intervene import edit_block_outputs
+    from hpr.editor_set import _EditCall
+    from hpr.lm.hooks import edit_block_outputs
 
     threads = setup_threads()
     model, _tok, info = bench_model()

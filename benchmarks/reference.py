@@ -60,7 +60,7 @@ def reference_edit(editor: HPR, x: Tensor) -> Tensor:
 
 
 class ReferenceCall:
-    """Hook callable ``x -> reference_edit(editor, x)`` for ``hpr.intervene.edit_block_outputs``."""
+    """Hook callable ``x -> reference_edit(editor, x)`` for ``hpr.lm.hooks.edit_block_outputs``."""
 
     def __init__(self, editor: HPR) -> None:
         self.editor = editor

@@ -48,20 +48,21 @@ def run_one(name: str, quick: bool, timeout: float) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "HPR_BENCH_THREADS": str(THREADS),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, str(HERE / script), *(short if quick else full)]
+    shown = " ".join(["python", str((HERE / script).relative_to(ROOT)), *(short if quick else full)])  # no machine paths
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "command": " ".join(cmd)}
+        return {"error": f"timed out after {timeout:.0f} s", "command": shown}
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:], "command": " ".join(cmd)}
+        return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:], "command": shown}
     try:
         out = parse_json(proc.stdout)
     except ValueError as exc:
-        return {"error": str(exc), "stdout_tail": proc.stdout[-2000:], "command": " ".join(cmd)}
+        return {"error": str(exc), "stdout_tail": proc.stdout[-2000:], "command": shown}
     out["benchmark_wall_s"] = wall
-    out["command"] = " ".join(cmd[1:])
+    out["command"] = shown
     return out
 
 
@@ -85,7 +86,7 @@ def main() -> int:
                     help="keep the results of skipped benchmarks from the existing output file")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from hpr import io
+    from hpr import _files
 
     result: dict[str, Any] = {
         "suite": "hpr CPU benchmarks",
@@ -107,7 +108,7 @@ def main() -> int:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         result[name] = run_one(name, a.quick, a.timeout)
     result["end_to_end"] = {"make_book": book_time()}
-    io.write_json(out, result)
+    _files.write_json(out, result)
     print(json.dumps(result, indent=2, default=str))
     failed = [n for n in BENCHMARKS if isinstance(result.get(n), dict) and "error" in result[n]]
     if failed:

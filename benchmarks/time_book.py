@@ -25,6 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _shown(path: str | None) -> str | None:
+    """A data folder as recorded: relative to this checkout's parent when it lies there (no machine paths)."""
+    if not path:
+        return None
+    try:
+        return "../" + Path(path).resolve().relative_to(ROOT.parent.resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default=str(ROOT.parent / "hpr-book-timing"))
@@ -58,14 +68,16 @@ def main() -> int:
 
     for nb_path in sorted((clone / "book" / "notebooks").glob("[0-9]*.ipynb")):
         meta = nbformat.read(nb_path, as_version=4).metadata
+        if str(meta.get("hpr", {}).get("commit", "")).split("-")[0] != commit:
+            continue  # a committed notebook that make book did not run (the extended study)
         notebooks[nb_path.stem] = meta.get("papermill", {}).get("duration")
     result = {"command": "make book", "commit": commit, "exit_code": rc, "wall_s": round(wall, 1),
-              "hpr_data_dir": env.get("HPR_DATA_DIR"),
+              "hpr_data_dir": _shown(env.get("HPR_DATA_DIR")),
               "notebook_s": notebooks, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": str(log)}
-    from hpr import io
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": f"<workdir>/{log.name}"}
+    from hpr import _files
 
-    io.write_json(ROOT / "benchmarks" / "results" / "book_time.json", result)
+    _files.write_json(ROOT / "benchmarks" / "results" / "book_time.json", result)
     print(json.dumps(result, indent=2))
     if not a.keep and rc == 0:
         shutil.rmtree(work)

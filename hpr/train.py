@@ -1,6 +1,6 @@
 """Train HPR editors for every captured layer at once, and pick the best layers.
 
-Per layer, with activations ``a`` of hidden size ``d`` (``hpr.capture``): the training
+Per layer, with activations ``a`` of hidden size ``d`` (``hpr.lm.capture``): the training
 examples are the pairs ``(a_neg, a_pos)`` of ``Captured.pairs`` and, per batch of pairs, both
 members. Loss per layer = BCE(p(a), label) + MSE(theta(a), target), averaged over the batch's
 ``2 B`` activations: label 0 / target ``angle(a_neg, a_pos)`` (radians) for the negative of a
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -39,14 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .capture import SHARED_THRESHOLD, Captured, capture
-from .editor import ANGLE_INPUTS, HPR, EditorSet, angle_input_of
-from .errors import DataError, ParameterError
-from .kernels import angle_between
-from .prompts import DEFAULT_FORMAT
-from .records import Record
+from hpr._nn import SCHEDULES, adamw, clip_grad_norm_per_layer, lr_schedule
+from hpr.data.prompts import DEFAULT_FORMAT
+from hpr.data.records import Record
+from hpr.editor import ANGLE_INPUTS, HPR, angle_input_of
+from hpr.editor_set import EditorSet
+from hpr.errors import DataError, ParameterError
+from hpr.householder import angle_between
+from hpr.lm.capture import SHARED_THRESHOLD, Captured, capture
 
-SCHEDULES = ("linear", "cosine")
 KEEP = ("best", "last")
 
 
@@ -161,67 +162,6 @@ class StackedHPR(nn.Module):
                 lin.weight.copy_(w[layer].T)
                 lin.bias.copy_(b[layer, 0])
         return e
-
-
-def lr_schedule(schedule: str, total: int, warmup: float = 0.05) -> Callable[[int], float]:
-    """Learning-rate factor of step ``step`` (0-based) for ``LambdaLR``; ``total`` steps in all.
-
-    ``"linear"``: ``transformers.get_linear_schedule_with_warmup`` (what the authors' Trainer
-    uses): ``ceil(warmup * total)`` warmup steps with factor ``step / warm`` (0 on the first
-    step), then a linear decay to 0 at ``total``. ``"cosine"``: ``round(warmup * total)`` (at
-    least 1) warmup steps with factor ``(step + 1) / warm``, then a half cosine to 0.
-    Used by HPR (``train``), Diff and LoRA.
-    """
-    if schedule == "linear":
-        warm = math.ceil(warmup * total)
-
-        def linear(step: int) -> float:
-            if step < warm:
-                return step / max(1, warm)
-            return max(0.0, (total - step) / max(1, total - warm))
-
-        return linear
-    if schedule != "cosine":
-        raise ParameterError(f"unknown learning-rate schedule {schedule!r}; use one of {SCHEDULES}")
-    cwarm = max(1, int(round(warmup * total))) if warmup > 0 else 0
-
-    def cosine(step: int) -> float:
-        if step < cwarm:
-            return (step + 1) / cwarm
-        progress = (step - cwarm) / max(1, total - cwarm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return cosine
-
-
-@torch.no_grad()
-def clip_grad_norm_per_layer(params: Sequence[Tensor], max_norm: float, eps: float = 1e-6) -> Tensor:
-    """Clip the gradients of stacked parameters (leading dimension L) layer by layer, in place.
-
-    Layer ``j``'s gradient (``p.grad[j]`` of every ``p``) is scaled by ``min(1, max_norm / (n_j + eps))``
-    where ``n_j`` is its L2 norm: ``torch.nn.utils.clip_grad_norm_`` applied to each layer alone.
-    Returns the norms before clipping, ``(L,)``.
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(0)
-    n = grads[0].shape[0]
-    norms = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), dim=1, dtype=torch.float32) for g in grads]), dim=0)
-    coef = (max_norm / (norms + eps)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coef.to(g.dtype).view(n, *([1] * (g.dim() - 1))))
-    return norms
-
-
-def adamw(params: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW, fused where the build supports it (several times faster on CPU, the same update up to
-    float rounding); used by HPR and Diff training."""
-    params = list(params)
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def pair_targets(cap: Captured, neg: Tensor, pos: Tensor, chunk: int = 8192) -> Tensor:
@@ -415,7 +355,5 @@ def train_from_model(
     return train(tr, va, dataset=dataset, progress=progress, k=k, seed=seed, **train_kw)
 
 
-__all__ = [
-    "StackedHPR", "TrainConfig", "TRAIN_PRESETS", "clip_grad_norm_per_layer", "evaluate", "lr_schedule",
-    "pair_targets", "probe_accuracy", "train", "train_from_model",
-]
+__all__ = ["StackedHPR", "TrainConfig", "TRAIN_PRESETS", "evaluate", "pair_targets", "probe_accuracy", "train",
+           "train_from_model"]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from hpr.tiny import byte_tokenizer, tiny_llama
+from hpr.lm.tiny import byte_tokenizer, tiny_llama
 
 # Property tests draw the same examples on every run: the suite is deterministic.
 settings.register_profile("deterministic", derandomize=True, deadline=None)

@@ -68,7 +68,7 @@ def executed_study(base: Path) -> tuple[Path, list[Any]]:
     test session) and return ``(root, results)``."""
     import shutil
 
-    from hpr.runner import run_study
+    from hpr.study.runner import run_study
 
     if "root" in _EXECUTED:
         return _EXECUTED["root"], _EXECUTED["results"]

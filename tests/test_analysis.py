@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from hpr.analysis import angle_fit_per_layer, plane_assumption, plane_share
-from hpr.capture import Captured
-from hpr.editor import HPR, EditorSet
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import DataError
+from hpr.evaluation.analysis import angle_fit_per_layer, plane_assumption, plane_share
+from hpr.lm.capture import Captured
 
 
 def captured(neg: torch.Tensor, pos: torch.Tensor, layers=(0,)) -> Captured:

@@ -80,11 +80,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_kernels import fused_edit
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hpr.editor import HPR
-from hpr.kernels import edit_negatives, fused_edit, pseudo_rotate
+from hpr.householder import edit_negatives, pseudo_rotate
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "authors_hpr_golden.safetensors"
 COMMIT = "f6bf7d620f58b03872aa2f82eaf434c0429683f0"

@@ -15,12 +15,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hpr import data, models, runner
-from hpr.architectures import fingerprint
 from hpr.cli import main
-from hpr.editor import HPR, EditorSet
+from hpr.data import datasets as data
+from hpr.data.prompts import get_format
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import DataError, EditorError, HPRError, ModelError, ParameterError
-from hpr.prompts import get_format
+from hpr.lm import models
+from hpr.lm.architectures import fingerprint
+from hpr.study import profiles, runner
 
 
 def _msg(case: str, exc: pytest.ExceptionInfo[HPRError], *needles: str) -> str:
@@ -338,13 +341,13 @@ def test_editor_layer_out_of_range(tmp_path: Path, tiny_model: torch.nn.Module) 
 # ---------------------------------------------------------------- parameters
 def test_unknown_profile() -> None:
     with pytest.raises(ParameterError) as exc:
-        runner.profile_parameters("tpu")
+        profiles.profile_parameters("tpu")
     _msg("unknown profile", exc, "unknown profile", "tpu", "cpu", "gpu")
 
 
 def test_bad_override_syntax() -> None:
     with pytest.raises(ParameterError) as exc:
-        runner.parse_overrides(["k3"])
+        profiles.parse_overrides(["k3"])
     _msg("override without =", exc, "key=value")
 
 
@@ -361,7 +364,7 @@ def _nb(tmp_path: Path) -> Path:
 
 def test_parameter_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(ParameterError) as exc:
-        runner.validate_parameters(_nb(tmp_path), {"seeds": 3})
+        profiles.validate_parameters(_nb(tmp_path), {"seeds": 3})
     _msg("papermill unknown parameter", exc, "unknown parameter", "'seeds'", "did you mean 'seed'")
 
 
@@ -371,19 +374,19 @@ def test_parameter_unknown_name(tmp_path: Path) -> None:
                                         ("table2_models", [3])])
 def test_parameter_wrong_type(tmp_path: Path, name: str, value: object) -> None:
     with pytest.raises(ParameterError) as exc:
-        runner.validate_parameters(_nb(tmp_path), {name: value})
+        profiles.validate_parameters(_nb(tmp_path), {name: value})
     _msg(f"papermill {name}={value!r}", exc, f"parameter {name!r}", "must be", "-p")
 
 
 def test_parameter_right_types_pass(tmp_path: Path) -> None:
-    runner.validate_parameters(_nb(tmp_path), {"k": 3, "lr": 1, "data_dir": "/x", "seed": 2,
+    profiles.validate_parameters(_nb(tmp_path), {"k": 3, "lr": 1, "data_dir": "/x", "seed": 2,
                                                "models": ["b"], "caps": {"bbq": None}, "model": "x",
                                                "fig6_ks": [1, 2, 8], "table2_models": ["b"]})
-    runner.validate_parameters(_nb(tmp_path), {"fig6_ks": None, "table2_models": None})
+    profiles.validate_parameters(_nb(tmp_path), {"fig6_ks": None, "table2_models": None})
 
 
 def test_run_study_rejects_bad_parameter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "NOTEBOOKS", (runner.NotebookSpec("nb"),))
+    monkeypatch.setattr(profiles, "NOTEBOOKS", (profiles.NotebookSpec("nb"),))
     (tmp_path / "notebooks").mkdir()
     _nb(tmp_path / "notebooks")
     with pytest.raises(ParameterError) as exc:
@@ -424,7 +427,7 @@ def _short_model() -> torch.nn.Module:
 
 
 def test_overlong_prompt_scoring_truncates_left_with_warning(tokenizer: object) -> None:
-    from hpr import scoring
+    from hpr.evaluation import scoring
 
     model = _short_model()
     long_ctx = "x" * 100 + "The question is?"
@@ -443,7 +446,7 @@ def test_overlong_prompt_scoring_truncates_left_with_warning(tokenizer: object) 
 
 
 def test_overlong_answer_is_an_error(tokenizer: object) -> None:
-    from hpr import scoring
+    from hpr.evaluation import scoring
 
     with pytest.raises(DataError) as exc:
         scoring.score(_short_model(), tokenizer, [scoring.Request("r", "Q?", (" " + "y" * 80, " n"))],
@@ -452,8 +455,8 @@ def test_overlong_answer_is_an_error(tokenizer: object) -> None:
 
 
 def test_overlong_prompt_capture_truncates_left_with_warning(tokenizer: object) -> None:
-    from hpr.capture import run_capture
-    from hpr.records import Record
+    from hpr.data.records import Record
+    from hpr.lm.capture import run_capture
 
     recs = [Record("q0", "w" * 120 + "?", ("yes", "no"), (0,), {}, None, None),
             Record("q1", "short?", ("yes", "no"), (1,), {}, None, None)]

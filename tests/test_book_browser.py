@@ -37,7 +37,7 @@ needs_browser = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hpr.book import build_book
+    from hpr.study.book import build_book
 
     root, results = executed_study(tmp_path_factory.mktemp("book"))
     assert all(r.status == "ran" for r in results), [(r.name, r.error) for r in results]
@@ -55,7 +55,7 @@ def browser() -> Any:
 
 
 def test_book_builds_strict_and_offline(built: Path) -> None:
-    from hpr.book import remote_references
+    from hpr.study.book import remote_references
 
     assert (built / "index.html").is_file()
     pages = {p.relative_to(built).as_posix() for p in built.rglob("*.html")}
@@ -121,8 +121,8 @@ def _free_port() -> int:
 
 
 LIVE_CELLS = [
-    "import torch\nfrom hpr import study\nfrom hpr.architectures import fingerprint\n"
-    "from hpr.editor import HPR, EditorSet\nfrom hpr.widget import RotationExplorer\n"
+    "import torch\nfrom hpr import study\nfrom hpr.lm.architectures import fingerprint\n"
+    "from hpr.editor import HPR, EditorSet\nfrom hpr.study.widget import RotationExplorer\n"
     "model, tok = study.get_model('tiny-random')\ntorch.manual_seed(0)\n"
     "editors = EditorSet({1: HPR(64), 2: HPR(64)}, fingerprint(model, 'tiny-random'), [1, 2])\n"
     "explorer = RotationExplorer(model, tok, editors, ['Q: Is the sky blue?\\nA:', 'Q: 2+2?\\nA:'])\n"

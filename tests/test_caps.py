@@ -1,12 +1,12 @@
-"""hpr.data.cap_records / strata / allocate: seeded, stratified, proportional, input order."""
+"""hpr.data.datasets.cap_records / strata / allocate: seeded, stratified, proportional, input order."""
 
 from __future__ import annotations
 
 import pytest
 
-from hpr import data
+from hpr.data import datasets as data
+from hpr.data.records import Record
 from hpr.errors import ParameterError
-from hpr.records import Record
 
 
 def _bbq(counts: dict[str, int]) -> list[Record]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpr import capture as capture_mod
-from hpr.architectures import decoder_layers
-from hpr.capture import Captured, capture, run_capture
+from hpr.data.prompts import choice_order, encode, format_record, get_format, letters, mc_letter, qa
+from hpr.data.records import Record
 from hpr.errors import DataError, ParameterError
-from hpr.prompts import choice_order, encode, format_record, get_format, letters, mc_letter, qa
-from hpr.records import Record
+from hpr.lm import capture as capture_mod
+from hpr.lm.architectures import decoder_layers
+from hpr.lm.capture import Captured, capture, run_capture
 
 RECORDS = [
     Record("q0", "Is the sky blue?", ("Yes it is", "No", "Yes it is green"), (0,)),
@@ -220,7 +220,7 @@ def test_bad_inputs(tiny_model, tokenizer, tmp_path) -> None:
 @pytest.mark.slow
 def test_smollm2_capture_shared_prompt_matches_whole_sequences() -> None:
     from hpr.errors import ModelError
-    from hpr.models import load_model
+    from hpr.lm.models import load_model
     from hpr.train import train
 
     try:

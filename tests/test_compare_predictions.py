@@ -46,3 +46,22 @@ def test_missing_question_and_bad_files(tmp_path: Path) -> None:
     bad.write_text("{not json\n", encoding="utf-8")
     proc = run(a, bad)
     assert proc.returncode != 0 and "bad.jsonl:1" in proc.stderr
+
+
+def test_runs_pair_old_and_new_result_layouts(tmp_path: Path) -> None:
+    """``--runs``: ``x.jsonl`` (the old results layout) pairs with ``x/predictions.jsonl``."""
+    rows = [{"id": "q0", "chosen": 1, "mc2": 0.5, "logliks": [-1.0, -2.0]}]
+    old = tmp_path / "old" / "m" / "truthfulqa" / "seed0" / "results" / "truthfulqa"
+    new = tmp_path / "new" / "m" / "truthfulqa" / "seed0" / "results" / "truthfulqa" / "hpr-k5-x"
+    old.mkdir(parents=True)
+    new.mkdir(parents=True)
+    write(old / "hpr-k5-x.jsonl", rows)
+    write(new / "predictions.jsonl", rows)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--runs", str(tmp_path / "old"), str(tmp_path / "new")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1/1 same choice" in proc.stdout and '"files": 1' in proc.stdout
+    write(old / "base-x.jsonl", rows)  # a file only one side has
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--runs", str(tmp_path / "old"), str(tmp_path / "new")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "base-x" in proc.stdout

@@ -1,4 +1,4 @@
-"""hpr.data / hpr.sources: every format on tiny files written here, splits, errors, real sizes."""
+"""hpr.data.datasets / hpr.data.sources: every format on tiny files written here, splits, errors, real sizes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hpr import bigbench, data, sources
+from hpr.data import bigbench, hub, prompts, sources
+from hpr.data import datasets as data
+from hpr.data.records import Record
 from hpr.errors import DataError
-from hpr.records import Record
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -138,7 +139,7 @@ def test_toxigen_prompt_matches_lm_eval() -> None:
     if not yaml.is_file():
         pytest.skip(f"lm-eval at {yaml.parents[2]} has no toxigen task")
     text = yaml.read_text()
-    assert data.TOXIGEN_PROMPT.replace("{text}", "{{text}}") in text and "['No', 'Yes']" in text
+    assert prompts.TOXIGEN_PROMPT.replace("{text}", "{{text}}") in text and "['No', 'Yes']" in text
 
 
 # ---------------------------------------------------------------- splits
@@ -261,7 +262,7 @@ def test_hub_rows_converted(monkeypatch: pytest.MonkeyPatch) -> None:
                              "mc2_targets": {"choices": ["a", "c", "b"], "labels": [1, 1, 0]}}],
             "skg/toxigen-data": [{"text": "t", "target_group": "g", "toxicity_ai": 3.0, "toxicity_human": 3.0},
                                  {"text": "u", "target_group": "g", "toxicity_ai": 1.0, "toxicity_human": 2.0}]}
-    monkeypatch.setattr(data, "_hub_rows", lambda path, config, split: rows[path])
+    monkeypatch.setattr(hub, "_hub_rows", lambda path, config, split: rows[path])
     (r,) = data.load_dataset("truthfulqa", source="hub").records
     assert r.choices == ("a", "c", "b") and r.correct == (0, 1) and r.mc1 == (0, 2) and r.mc2 == (0, 1, 2)
     t, u, *_ = data.load_dataset("toxigen", source="hub").records  # train rows, then test rows

@@ -9,8 +9,13 @@ import pytest
 import torch
 from scipy.special import erf
 
-from hpr.architectures import fingerprint
-from hpr.diff import (
+from hpr.data.records import Record
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
+from hpr.errors import EditorError, ParameterError
+from hpr.lm.architectures import fingerprint
+from hpr.methods import load_method
+from hpr.methods.diff import (
     Diff,
     StackedMLP,
     diff_net,
@@ -21,10 +26,6 @@ from hpr.diff import (
     val_cosine,
     val_improvement,
 )
-from hpr.editor import HPR, EditorSet
-from hpr.errors import EditorError, ParameterError
-from hpr.methods import load_method
-from hpr.records import Record
 from tests.conftest import tiny_llama
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hpr import runner
 from hpr.cli import build_parser, main
+from hpr.study import profiles
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "book").glob("*.md"))]
@@ -71,7 +71,7 @@ def test_documented_command_parses(name: str, cmd: list[str], capsys: pytest.Cap
             pytest.fail(f"{name}: the hpr parser refuses it ({capsys.readouterr().err.strip()})"
                         if exc.code else f"{name}: exits at parse time")
         if args.command == "run":
-            runner.profile_parameters(args.profile, runner.parse_overrides(args.param))
+            profiles.profile_parameters(args.profile, profiles.parse_overrides(args.param))
     elif head == "make":
         missing = set(cmd[1:]) - make_targets()
         assert not missing, f"{name}: no Makefile target {sorted(missing)}"
@@ -89,7 +89,7 @@ def _documented_run_parameters() -> list[tuple[str, str, object]]:
     for name, cmd in documented():
         if cmd[0] in _HPR and cmd[1] == "run":
             args = build_parser().parse_args(cmd[1:])
-            out += [(name, k, v) for k, v in runner.parse_overrides(args.param).items()]
+            out += [(name, k, v) for k, v in profiles.parse_overrides(args.param).items()]
     return out
 
 
@@ -97,12 +97,12 @@ def test_documented_run_parameters_are_declared() -> None:
     """``-p key=value`` of a documented ``hpr run`` names a parameter some notebook declares,
     with a value that notebook accepts."""
     books = sorted((REPO / "notebooks").glob("*.ipynb"))
-    declared = {nb: runner.declared_parameters(nb) for nb in books}
+    declared = {nb: profiles.declared_parameters(nb) for nb in books}
     for name, key, value in _documented_run_parameters():
         owners = [nb for nb, names in declared.items() if key in names]
         assert owners, f"{name}: no notebook declares parameter {key!r}"
         for nb in owners:
-            runner.validate_parameters(nb, {key: value})
+            profiles.validate_parameters(nb, {key: value})
 
 
 def test_documented_subcommands_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,13 +163,16 @@ def _on_tiny(cmd: list[str], ckpt: Path, data: Path, tmp: Path) -> list[str]:
 
 def test_documented_train_and_eval_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's ``hpr train`` then ``hpr eval`` chain runs, on a tiny model and local data."""
-    from hpr.tiny import byte_tokenizer, tiny_llama
+    from hpr.lm.tiny import byte_tokenizer, tiny_llama
 
     ckpt = tmp_path / "tiny"
     tiny_llama(seed=0, max_positions=2048).save_pretrained(ckpt)
     byte_tokenizer().save_pretrained(ckpt)
     data = _truthfulqa_csv(tmp_path / "TruthfulQA.csv")
-    cmds = {cmd[1]: cmd for name, cmd in documented() if name.startswith("README") and cmd[0] in _HPR}
+    cmds: dict[str, list[str]] = {}
+    for name, cmd in documented():  # the first README command of each kind: the train -> eval chain
+        if name.startswith("README") and cmd[0] in _HPR and (cmd[1] != "eval" or "--dataset" in cmd):
+            cmds.setdefault(cmd[1], cmd)
     train = _on_tiny(cmds["train"], ckpt, data, tmp_path) + ["--epochs", "1", "--k", "2"]
     assert main(train[1:]) == 0, capsys.readouterr().err
     ev = _on_tiny(cmds["eval"], ckpt, data, tmp_path) + ["--limit", "2", "--add-bos", "false",
@@ -190,8 +193,8 @@ def test_split_scheme_passed_only_when_given() -> None:
     import argparse
     import inspect
 
-    from hpr import data
     from hpr.cli.common import data_kwargs
+    from hpr.data import datasets as data
     from hpr.errors import ParameterError
 
     ns = argparse.Namespace(source="local", data_dir="d", seed=1, split_scheme=None)

@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from hpr.architectures import fingerprint
-from hpr.editor import HPR, EditorSet, angle_widths
+from hpr._nn import angle_widths
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import EditorError
-from hpr.kernels import angle_between, reflect
+from hpr.householder import angle_between, reflect
+from hpr.lm.architectures import fingerprint
 
 
 def make_set(model: torch.nn.Module, layers=(0, 1, 3), seed: int = 0, angle_input: str = "raw") -> EditorSet:

@@ -1,6 +1,6 @@
 """Fast paths give the same results as the plain kernels; the paper's reference design agrees.
 
-``hpr.kernels.fused_edit`` (used by ``HPR.edit``) must equal
+``reference_kernels.fused_edit`` (a second fast form, kept as a test reference) and ``HPR.edit`` must equal
 ``where(negative, pseudo_rotate(x, w, theta) or reflect(x, w), x)`` to float32 rounding, on random
 and degenerate inputs, in float32/bf16/fp16; unedited vectors must come back bitwise.
 """
@@ -15,12 +15,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_kernels import fused_edit
 
 from hpr import EditorSet
-from hpr.architectures import fingerprint
 from hpr.editor import HPR
 from hpr.errors import EditorError
-from hpr.kernels import PLANE_TOL, edit_negatives, fused_edit, pseudo_rotate, reflect
+from hpr.householder import PLANE_TOL, edit_negatives, pseudo_rotate, reflect
+from hpr.lm.architectures import fingerprint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from reference import householder_matrix, reference_edit  # noqa: E402
@@ -164,7 +165,7 @@ def test_reference_design_matches_kernel_small_d() -> None:
 
 def test_editor_set_fast_path_in_model(tiny_model, tokenizer) -> None:
     """Through the hooks: the fused edit gives the same logits as hooks running the plain kernels."""
-    from hpr.intervene import edit_block_outputs
+    from hpr.lm.hooks import edit_block_outputs
 
     ids = tokenizer(["hello world", "the cat sat"], return_tensors="pt", padding=True)
     torch.manual_seed(6)

@@ -14,8 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpr import data, sources
-from hpr.editor import HPR, EditorSet, read_config
+from hpr.data import datasets as data
+from hpr.data import sources
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet, read_config
 from hpr.errors import DataError, EditorError
 
 SETTINGS = settings(max_examples=int(os.environ.get("HPR_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])

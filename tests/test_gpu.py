@@ -18,16 +18,18 @@ import torch
 from torch import Tensor, nn
 from transformers import LlamaForCausalLM
 
-from hpr.architectures import decoder_layers, fingerprint
-from hpr.capture import run_capture
-from hpr.diff import Diff, diff_net
-from hpr.editor import HPR, EditorSet
-from hpr.iti import ITI
-from hpr.kernels import pseudo_rotate, reflect
-from hpr.lora import fit_lora
-from hpr.records import Record
-from hpr.scoring import Request, cache_arg, score, score_full
-from hpr.tiny import byte_tokenizer, tiny_llama
+from hpr.data.records import Record
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
+from hpr.evaluation.scoring import Request, score, score_full
+from hpr.householder import pseudo_rotate, reflect
+from hpr.lm.architectures import decoder_layers, fingerprint
+from hpr.lm.capture import run_capture
+from hpr.lm.kv import cache_arg
+from hpr.lm.tiny import byte_tokenizer, tiny_llama
+from hpr.methods.diff import Diff, diff_net
+from hpr.methods.iti import ITI
+from hpr.methods.lora import fit_lora
 from hpr.train import train
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -410,7 +412,7 @@ def test_device_map_split_follows_each_block(device: str, tmp_path) -> None:
     """Blocks 0-1 on ``device``, blocks 2-3 and the head on the CPU (on a CPU-only machine both halves
     are the CPU, which still checks the test itself). Edits, generation and scores equal the model on
     one device."""
-    from hpr.models import load_model
+    from hpr.lm.models import load_model
 
     tiny_llama().save_pretrained(tmp_path / "m")
     byte_tokenizer().save_pretrained(tmp_path / "m")

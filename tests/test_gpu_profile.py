@@ -12,8 +12,11 @@ import nbformat
 import pytest
 from notebook_helpers import REPO
 
-from hpr import bigbench, data
-from hpr.runner import profile_parameters, run_study
+from hpr.data import bigbench
+from hpr.data import datasets as data
+from hpr.evaluation import read_results
+from hpr.study.profiles import profile_parameters
+from hpr.study.runner import run_study
 
 pytestmark = pytest.mark.slow  # seven kernels on the tiny model
 
@@ -68,12 +71,12 @@ def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest
     assert len(results) == 7  # the gpu profile runs the extended notebook too
     rec = nbformat.read(root / "book/notebooks/04_benchmarks.ipynb", as_version=4).metadata["hpr"]
     assert rec["parameters"]["source"] == "hub" and rec["parameters"]["add_bos"] is False
-    files = sorted((root / "runs" / "book").glob("tiny-random/*/seed0/results/*/*.json"))
-    got = {(json.loads(f.read_text())["train_dataset"], json.loads(f.read_text())["dataset"]) for f in files}
+    files = sorted((root / "runs" / "book").glob("tiny-random/*/seed0/results/*/*/results.json"))
+    rows = [read_results(f.parent) for f in files]
+    got = {(r["train_dataset"], r["dataset"]) for r in rows}
     assert {("truthfulqa", "truthfulqa"), ("bbq", "bbq"), ("seq", "seq"), ("toxigen", "toxigen"),
             ("truthfulqa", "bbq")} <= got
-    for f in files:
-        res = json.loads(f.read_text())
+    for res in rows:
         assert res["settings"]["source"] == "hub" and res["settings"]["add_bos"] is False
         if res["dataset"] == "truthfulqa":  # the authors' split: 409 test questions, capped to 24
             assert res["n"] == 24 and res["cap"] == 24

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpr.architectures import decoder_layers, fingerprint
-from hpr.editor import HPR, EditorSet
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import EditorError
-from hpr.intervene import edit_block_outputs
+from hpr.lm.architectures import decoder_layers, fingerprint
+from hpr.lm.hooks import edit_block_outputs
 
 
 def make_set(model: torch.nn.Module, layers: tuple[int, ...] = (1, 2), seed: int = 0) -> EditorSet:

@@ -9,8 +9,10 @@ from typing import Any
 import datasets
 import pytest
 
-from hpr import bigbench, data, tasks
+from hpr.data import bigbench, hub, prompts
+from hpr.data import datasets as data
 from hpr.errors import DataError, ParameterError
+from hpr.evaluation import tasks
 
 
 def _bb_row(i: int, question: str, targets: list[str], good: int) -> dict[str, Any]:
@@ -36,8 +38,8 @@ def _hub(tables: dict[tuple[str, str, str], list[dict[str, Any]]]) -> Any:
 
 
 def test_truthfulqa_paper_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_hub_rows", _hub({("truthful_qa", "multiple_choice", "validation"): _tqa_rows()}))
-    split = json.loads(data.PAPER_SPLITS.read_text())
+    monkeypatch.setattr(hub, "_hub_rows", _hub({("truthful_qa", "multiple_choice", "validation"): _tqa_rows()}))
+    split = json.loads(hub.PAPER_SPLITS.read_text())
     got = data.load_splits("truthfulqa", source="hub")  # 'paper' is the hub default
     assert {k: len(v) for k, v in got.items()} == {"train": 367, "val": 41, "test": 409}
     assert [r.id for r in got["test"]] == [f"truthfulqa-{i}" for i in sorted(split["test"])]
@@ -52,7 +54,7 @@ def test_truthfulqa_paper_split(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_truthfulqa_split_file_must_match(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_hub_rows", _hub({("truthful_qa", "multiple_choice", "validation"): _tqa_rows(5)}))
+    monkeypatch.setattr(hub, "_hub_rows", _hub({("truthful_qa", "multiple_choice", "validation"): _tqa_rows(5)}))
     with pytest.raises(DataError, match="does not index 5 disjoint rows"):
         data.load_split("truthfulqa", "test", source="hub")
     assert len(data.load_split("truthfulqa", "test", source="hub", scheme="seeded")) == 2  # 2/1/2
@@ -62,7 +64,7 @@ def test_bbq_and_seq_from_hails_bigbench(monkeypatch: pytest.MonkeyPatch) -> Non
     # BBQ-lite lists its 18 subtasks one after the other, idx restarting at 0 in each
     def bbq(split: str, n: int) -> list[dict[str, Any]]:
         return [_bb_row(i, f"{split} {sub} {i}. Who?", ["x ", "y", "Unknown"], 2 if sub.endswith("_ambig") else 0)
-                for sub in data.BBQ_SUBTASKS for i in range(n)]
+                for sub in bigbench.BBQ_SUBTASKS for i in range(n)]
 
     seq_train = [_bb_row(i, f"S{i}? ", ["no", "yes", "I prefer not to say"], 1) for i in range(20)]
     seq_val = [_bb_row(i, f"V{i}?", ["no", "yes", "I prefer not to say"], 0) for i in range(16)]
@@ -71,7 +73,7 @@ def test_bbq_and_seq_from_hails_bigbench(monkeypatch: pytest.MonkeyPatch) -> Non
               ("hails/bigbench", "simple_ethical_questions_zero_shot", "train"): seq_train,
               ("hails/bigbench", "simple_ethical_questions_zero_shot", "validation"): seq_val}
     load = _hub(tables)
-    monkeypatch.setattr(data, "_hub_rows", load)
+    monkeypatch.setattr(hub, "_hub_rows", load)
     got = data.load_splits("seq", source="hub", seed=1)
     assert [len(got[k]) for k in data.SPLITS] == [16, 4, 16]
     assert {r.prompt for r in got["test"]} == {f"V{i}?" for i in range(16)}
@@ -86,7 +88,7 @@ def test_bbq_and_seq_from_hails_bigbench(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [r.meta["subtask"] for r in test[:4]] == ["age_ambig"] * 2 + ["age_disambig"] * 2
     assert test[-1].meta["category"] == "sexual_orientation" and test[-1].meta["ambiguity"] == "disambig"
     assert all(r.meta["subtask"] in r.prompt for r in test)  # the inferred subtask is the row's own
-    assert data.strata("bbq", test) == {s: 2 for s in data.BBQ_SUBTASKS}
+    assert data.strata("bbq", test) == {s: 2 for s in bigbench.BBQ_SUBTASKS}
 
 
 def test_toxigen_annotated(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,12 +96,12 @@ def test_toxigen_annotated(monkeypatch: pytest.MonkeyPatch) -> None:
         return [{"text": f"s{i} ", "target_group": "g", "toxicity_ai": 1.0 + 4 * (i % 2),
                  "toxicity_human": 1.0 + 0.6 * (i % 2)} for i in range(n)]
 
-    monkeypatch.setattr(data, "_hub_rows", _hub({("skg/toxigen-data", "annotated", "train"): rows(10),
+    monkeypatch.setattr(hub, "_hub_rows", _hub({("skg/toxigen-data", "annotated", "train"): rows(10),
                                                  ("skg/toxigen-data", "annotated", "test"): rows(6)}))
     got = data.load_splits("toxigen", source="hub")
     assert [len(got[k]) for k in data.SPLITS] == [8, 2, 6]
     r = got["test"][1]  # 5.0 + 1.6 = 6.6 > 5.5: hateful, as lm-eval labels it
-    assert r.correct == (1,) and r.meta["text"] == "s1" and r.prompt == data.TOXIGEN_PROMPT.format(text="s1")
+    assert r.correct == (1,) and r.meta["text"] == "s1" and r.prompt == prompts.TOXIGEN_PROMPT.format(text="s1")
     assert got["test"][0].correct == (0,)  # 2.0 <= 5.5
     assert tasks.context("toxigen", r) == r.prompt
 

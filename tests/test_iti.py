@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import hpr.iti as iti_mod
+import hpr.methods.iti as iti_mod
+from hpr.data.records import Record
 from hpr.errors import EditorError
-from hpr.iti import ITI, default_k, fit_iti, head_dim, mass_mean_directions, qa_examples
-from hpr.records import Record
+from hpr.methods.iti import ITI, default_k, fit_iti, head_dim, mass_mean_directions, qa_examples
 from tests.conftest import tiny_llama
 
 

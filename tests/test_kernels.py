@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpr.kernels import PLANE_TOL, angle_between, pseudo_rotate, reflect
+from hpr.householder import PLANE_TOL, angle_between, pseudo_rotate, reflect
 
 DIMS = st.sampled_from([2, 3, 5, 16, 64, 257, 1024, 4096])
 SEEDS = st.integers(0, 2**31 - 1)

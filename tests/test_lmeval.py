@@ -1,5 +1,5 @@
 """lm-eval integration: our prompts equal lm-eval's, lm-eval's own TruthfulQA tasks and metric code
-score our records as the native scorer and ``hpr.metrics`` do (edited or not, with and without
+score our records as the native scorer and ``hpr.evaluation.metrics`` do (edited or not, with and without
 BOS), evaluation outputs, and the SmolLM2 equivalence (slow)."""
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-import hpr.lmeval as lmeval
-from hpr import tasks
-from hpr.architectures import fingerprint
+import hpr.evaluation.lmeval as lmeval
 from hpr.cli import build_parser
-from hpr.editor import HPR, EditorSet
-from hpr.evaluate import evaluate, load_predictions
-from hpr.metrics import predict, summarize
-from hpr.records import Record
-from hpr.scoring import encode_pair, score
-from hpr.tiny import byte_tokenizer
+from hpr.data.records import Record
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
+from hpr.evaluation import tasks
+from hpr.evaluation.evaluate import evaluate, load_predictions
+from hpr.evaluation.metrics import predict, summarize
+from hpr.evaluation.scoring import encode_pair, score
+from hpr.lm.architectures import fingerprint
+from hpr.lm.tiny import byte_tokenizer
 
 LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
 
@@ -81,7 +82,7 @@ def _oracle_records() -> list[Record]:
 
 def test_lm_eval_metric_code_equals_native_metrics(tiny_model, tokenizer) -> None:
     """lm-eval's own reported MC1/MC2 (``simple_evaluate``, ``utils.process_results_mc2``) equal
-    ``hpr.metrics`` over natively scored log-likelihoods of the same records."""
+    ``hpr.evaluation.metrics`` over natively scored log-likelihoods of the same records."""
     tiny_model.config.max_position_embeddings = 4096
     recs = _oracle_records()
     ll, summary = lmeval.run(tiny_model, tokenizer, "truthfulqa", recs, batch_size=4)
@@ -96,7 +97,7 @@ def test_lm_eval_metric_code_equals_native_metrics(tiny_model, tokenizer) -> Non
 
 def test_toxigen_prompt_is_lm_evals() -> None:
     text = "some statement"
-    rec = Record("x", tasks.TOXIGEN_TEMPLATE.format(text=text), ("No", "Yes"), (0,))  # as hpr.data wraps it
+    rec = Record("x", tasks.TOXIGEN_PROMPT.format(text=text), ("No", "Yes"), (0,))  # as hpr.data.datasets wraps it
     assert tasks.context("toxigen", rec) == _render(LM_EVAL_TASKS / "toxigen" / "toxigen.yaml", {"text": text})
 
 
@@ -205,8 +206,8 @@ def test_smollm2_native_matches_lm_eval() -> None:
     lm-eval runs only its MC2 task, whose choices (all answers) include MC1's: same strings,
     half the time.
     """
-    data = pytest.importorskip("hpr.data")
-    models = pytest.importorskip("hpr.models")
+    data = pytest.importorskip("hpr.data.datasets")
+    models = pytest.importorskip("hpr.lm.models")
     model, tok = models.load_model("smollm2-135m-instruct")
     recs = data.load_split("truthfulqa", "test")[:20]
     torch.manual_seed(0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpr.data.records import Record
 from hpr.errors import EditorError, ParameterError
-from hpr.lora import LoRA, _collate, fit_lora, sft_examples
-from hpr.records import Record
+from hpr.methods.lora import LoRA, _collate, fit_lora, sft_examples
 from tests.conftest import tiny_llama
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpr.architectures import fingerprint
-from hpr.editor import HPR, EditorSet
+from hpr.data.records import Record
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import EditorError, ParameterError
-from hpr.methods import METHOD_NAMES, Base, EditMethod, MethodSpec, fit_method, load_method, parse_method
-from hpr.records import Record
+from hpr.lm.architectures import fingerprint
+from hpr.methods import METHOD_NAMES, EditMethod, MethodSpec, Unedited, fit_method, load_method, parse_method
 
 
 def records(n: int, offset: int = 0) -> list[Record]:
@@ -71,7 +72,7 @@ def test_unknown_method_lists_valid_names(tiny_model):
 def test_base_is_identity(tiny_model, tokenizer):
     ids = batch(tokenizer)
     m = load_method("base", None, tiny_model)
-    assert isinstance(m, Base) and isinstance(m, EditMethod)
+    assert isinstance(m, Unedited) and isinstance(m, EditMethod)
     base = tiny_model(**ids).logits
     with m.apply(tiny_model):
         assert torch.equal(tiny_model(**ids).logits, base)
@@ -134,9 +135,9 @@ def test_iti_alpha_override(tiny_model, tokenizer, tmp_path):
 @pytest.mark.slow
 def test_iti_and_norms_on_smollm2(tmp_path):
     """End to end on the embedded SmolLM2 (GQA: 9 query heads of width 64, 3 KV heads)."""
-    from hpr.iti import head_dim
-    from hpr.models import load_model
-    from hpr.norms import norm_divergence
+    from hpr.evaluation.norms import norm_divergence
+    from hpr.lm.models import load_model
+    from hpr.methods.iti import head_dim
 
     model, tok = load_model("smollm2-135m-instruct")
     assert head_dim(model) == 64
@@ -156,7 +157,7 @@ def test_iti_and_norms_on_smollm2(tmp_path):
 def test_load_options_only_for_iti(tiny_model, tmp_path):
     with pytest.raises(ParameterError, match="alpha"):
         load_method("diff", tmp_path, tiny_model, alpha=3.0)
-    with pytest.raises(ParameterError, match="only the load options alpha and k"):
+    with pytest.raises(ParameterError, match="takes the load options: alpha, k"):
         load_method("iti", tmp_path, tiny_model, heads=3)
 
 
@@ -178,3 +179,26 @@ def test_parsed_names_fit_and_load(tiny_model, tokenizer, tmp_path):
     with pytest.raises(ParameterError, match="design"):
         fit_method("diff-mse", model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
                    out=tmp_path / "d", design="authors", progress=False)
+
+
+def test_registry_is_the_one_method_list() -> None:
+    """Every method family is in the registry, with its kind, loader and (for baselines) fitter; the
+    derived lists and the CLI's help come from it."""
+    from hpr.methods import FITTABLE, HPR_FAMILY, REGISTRY, USES_K, method_info, methods_help
+
+    assert set(REGISTRY) == set(METHOD_NAMES)
+    assert FITTABLE == ("iti", "diff", "diff-mse", "lora") and HPR_FAMILY == ("hpr", "hpr-noangle", "hpr-unit")
+    assert set(USES_K) == {"hpr", "hpr-noangle", "hpr-unit", "diff", "diff-mse"}
+    assert all((m.fit is None) == (m.kind != "baseline") for m in REGISTRY.values())
+    assert all(name in methods_help() for name in METHOD_NAMES)
+    with pytest.raises(ParameterError, match="valid methods: base, hpr"):
+        method_info("steer")
+
+
+def test_cli_train_refuses_hpr_options_for_baselines(capsys: pytest.CaptureFixture[str]) -> None:
+    from hpr.cli import main
+
+    assert main(["train", "--model", "x", "--dataset", "truthfulqa", "--out", "o", "--method", "iti", "--k", "3",
+                 "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--k, --epochs set(s) HPR training, not 'iti'" in err

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from hpr.data.records import Record
 from hpr.errors import DataError
-from hpr.metrics import argmax, flip_rates, mc2_score, mean_stderr, predict, summarize
-from hpr.records import Record
+from hpr.evaluation.metrics import argmax, flip_rates, mc2_score, mean_stderr, predict, summarize
 
 
 def test_mc2_score_known_values() -> None:

@@ -1,4 +1,4 @@
-"""hpr.models: tiny checkpoints saved here, every error path, and the embedded SmolLM2 (slow)."""
+"""hpr.lm.models: tiny checkpoints saved here, every error path, and the embedded SmolLM2 (slow)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpr import models
-from hpr.architectures import fingerprint
 from hpr.errors import ModelError, ParameterError
-from hpr.models import EMBEDDED_MODELS, load_model, model_name
+from hpr.lm import models
+from hpr.lm.architectures import fingerprint
+from hpr.lm.models import EMBEDDED_MODELS, load_model, model_name
 from tests.conftest import byte_tokenizer, tiny_llama
 
 

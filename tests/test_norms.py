@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from hpr.architectures import fingerprint
-from hpr.diff import Diff, diff_net
-from hpr.editor import HPR, EditorSet
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import ParameterError
-from hpr.iti import ITI
-from hpr.methods import Base
-from hpr.norms import edited_layers, norm_divergence
+from hpr.evaluation.norms import edited_layers, norm_divergence
+from hpr.lm.architectures import fingerprint
+from hpr.methods import Unedited
+from hpr.methods.diff import Diff, diff_net
+from hpr.methods.iti import ITI
 
 PROMPTS = ["Q: hello\nA: world", "Q: hi\nA: there", "Q: what?\nA: this one"]
 
@@ -79,16 +80,16 @@ def test_iti_measures_layers_with_heads(tiny_model, tokenizer):
 
 
 def test_base_edits_nothing(tiny_model, tokenizer):
-    assert edited_layers(Base(), tiny_model) == []
+    assert edited_layers(Unedited(), tiny_model) == []
     with pytest.raises(ParameterError):
-        norm_divergence(Base(), tiny_model, tokenizer, PROMPTS, progress=False)
-    stats = norm_divergence(Base(), tiny_model, tokenizer, PROMPTS, layers=[0], progress=False)
+        norm_divergence(Unedited(), tiny_model, tokenizer, PROMPTS, progress=False)
+    stats = norm_divergence(Unedited(), tiny_model, tokenizer, PROMPTS, layers=[0], progress=False)
     assert torch.equal(stats.ratios[0], torch.ones_like(stats.ratios[0]))
 
 
 def test_test_prompts():
-    from hpr.norms import test_prompts
-    from hpr.records import Record
+    from hpr.data.records import Record
+    from hpr.evaluation.norms import test_prompts
 
     recs = [Record(id="a", prompt="Why?", choices=("x", "y"), correct=(1,), best=1),
             Record(id="b", prompt="How?", choices=("u", "v"), correct=(0,))]

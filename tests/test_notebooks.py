@@ -64,8 +64,8 @@ def test_tables_and_artifacts(study: tuple[Path, list[Any]]) -> None:
     assert "False→True" in flips and "ITI-200" in flips and "Llama-2-7B-Chat (paper)" in flips
     run = root / "runs" / "book" / "tiny-random" / "truthfulqa" / "seed0"
     assert list(run.glob("hpr-*/config.json")) and list(run.glob("iti-*/config.json"))
-    results = list((run / "results" / "truthfulqa").glob("hpr-*.json"))
-    assert results and all(r.with_suffix(".jsonl").is_file() for r in results)
+    results = list((run / "results" / "truthfulqa").glob("hpr-*/results.json"))  # hpr.evaluation.evaluate's format
+    assert results and all((r.parent / "predictions.jsonl").is_file() for r in results)
 
 
 def test_rotation_notebook_has_widget_and_player(study: tuple[Path, list[Any]]) -> None:

@@ -16,24 +16,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpr import io
-from hpr.capture import capture
-from hpr.editor import EditorSet
-from hpr.records import Record
+from hpr import _files
+from hpr.data.records import Record
+from hpr.editor_set import EditorSet
+from hpr.lm.capture import capture
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
-    io.write_json(path, {"ok": 1})
+    _files.write_json(path, {"ok": 1})
 
     class Boom:
         def __str__(self) -> str:
             raise RuntimeError("serialisation fails half-way")
 
     with pytest.raises(RuntimeError):
-        with io.atomic_path(path) as tmp:
+        with _files.atomic_path(path) as tmp:
             tmp.write_text('{"half": ')
             str(Boom())
     assert json.loads(path.read_text()) == {"ok": 1}
@@ -131,7 +131,7 @@ def test_killed_train_leaves_nothing_half_written_and_rerun_resumes(tmp_path: Pa
     done = sorted(acts.glob("*.safetensors"))
     assert len(done) == 2
     stamps = {p.name: p.stat().st_mtime_ns for p in done}
-    from hpr.capture import Captured
+    from hpr.lm.capture import Captured
 
     assert all(Captured.load(p).num_tokens > 0 for p in done)
     # the rerun reuses the finished captures (resume) and completes

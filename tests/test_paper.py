@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpr import paper
 from hpr.errors import DataError, ParameterError
+from hpr.study import paper
 
 SHARED_PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 PACKAGE_CSV = Path(paper.__file__).parent / "paper_data" / "tables.csv"

@@ -7,9 +7,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hpr import runner
 from hpr.cli import main
 from hpr.errors import ParameterError
+from hpr.study import profiles, runner
 
 
 def _notebook(path: Path, body: str) -> None:
@@ -25,8 +25,8 @@ def _notebook(path: Path, body: str) -> None:
 
 @pytest.fixture
 def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(runner, "NOTEBOOKS", (runner.NotebookSpec("a"), runner.NotebookSpec("b", ("a",)),
-                                              runner.NotebookSpec("c")))
+    monkeypatch.setattr(profiles, "NOTEBOOKS", (profiles.NotebookSpec("a"), profiles.NotebookSpec("b", ("a",)),
+                                              profiles.NotebookSpec("c")))
     lib = tmp_path / "installed-lib"  # the real hpr sources may change while the tests run
     lib.mkdir()
     (lib / "m.py").write_text("A = 1\n")
@@ -41,15 +41,15 @@ def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_overrides_and_profiles() -> None:
-    assert runner.parse_overrides(["k=3", 'models=["x"]', "model=org/name"]) == {
+    assert profiles.parse_overrides(["k=3", 'models=["x"]', "model=org/name"]) == {
         "k": 3, "models": ["x"], "model": "org/name"}
     with pytest.raises(ParameterError):
-        runner.parse_overrides(["novalue"])
-    p = runner.profile_parameters("cpu", {"model": "org/name"})
+        profiles.parse_overrides(["novalue"])
+    p = profiles.profile_parameters("cpu", {"model": "org/name"})
     assert p["models"] == ["org/name"] and p["profile"] == "cpu"
-    assert runner.PROFILES["cpu"]["caps"]["bbq"] == 200 and runner.PROFILES["gpu"]["caps"]["bbq"] is None
+    assert profiles.PROFILES["cpu"]["caps"]["bbq"] == 200 and profiles.PROFILES["gpu"]["caps"]["bbq"] is None
     with pytest.raises(ParameterError, match="unknown profile"):
-        runner.profile_parameters("tpu")
+        profiles.profile_parameters("tpu")
 
 
 def test_run_resume_and_failure(study: Path) -> None:
@@ -90,23 +90,23 @@ def test_missing_parameters_cell(tmp_path: Path) -> None:
     nb.cells = [nbformat.v4.new_code_cell("x = 1")]
     nbformat.write(nb, str(tmp_path / "x.ipynb"))
     with pytest.raises(ParameterError, match="parameters"):
-        runner.declared_parameters(tmp_path / "x.ipynb")
+        profiles.declared_parameters(tmp_path / "x.ipynb")
 
 
 def test_source_notebooks_declare_parameters() -> None:
     root = Path(__file__).resolve().parents[1]
-    for spec in runner.NOTEBOOKS:
-        names = runner.declared_parameters(root / "notebooks" / f"{spec.name}.ipynb")
-        assert {"profile", "dataset", "data_dir", "seed", "out_dir", "k"} <= names
+    for spec in profiles.NOTEBOOKS:
+        names = profiles.declared_parameters(root / "notebooks" / f"{spec.name}.ipynb")
+        assert {"dataset", "data_dir", "seed", "out_dir", "k", "source", "device", "dtype", "device_map"} <= names
 
 
 def test_profiles_choose_their_notebooks() -> None:
-    main = runner.profile_notebooks("cpu")
+    main = profiles.profile_notebooks("cpu")
     assert "07_extended" not in main and "03_hpr_training" in main
-    assert runner.profile_notebooks("cpu-extended") == ["07_extended"]
-    assert runner.profile_notebooks("gpu") == [s.name for s in runner.NOTEBOOKS]
-    assert runner.PROFILES["cpu-extended"]["out_dir"] != runner.PROFILES["cpu"]["out_dir"]
-    over = runner.profile_parameters("cpu-extended", {"model": "tiny-random"})
+    assert profiles.profile_notebooks("cpu-extended") == ["07_extended"]
+    assert profiles.profile_notebooks("gpu") == [s.name for s in profiles.NOTEBOOKS]
+    assert profiles.PROFILES["cpu-extended"]["out_dir"] != profiles.PROFILES["cpu"]["out_dir"]
+    over = profiles.profile_parameters("cpu-extended", {"model": "tiny-random"})
     assert over["seed_models"] == over["layer_sweep_models"] == over["all_methods_models"] == ["tiny-random"]
 
 
@@ -157,7 +157,7 @@ def test_rerun_keys_on_inputs_and_artifacts(study: Path) -> None:
 
 def test_stale_reason_unit(tmp_path: Path) -> None:
     inputs = {"library": "l", "notebook": "n", "parameters": "p", "data": "d"}
-    from hpr.io import stable_hash
+    from hpr._files import stable_hash
 
     rec = {"status": "ok", "inputs": inputs, "inputs_sha256": stable_hash(inputs, 64)}
     (tmp_path / "runs" / "r").mkdir(parents=True)
@@ -175,7 +175,7 @@ def test_stale_reason_unit(tmp_path: Path) -> None:
 
 
 def test_library_digest_sees_sources_not_bytecode(tmp_path: Path) -> None:
-    from hpr.io import tree_digest
+    from hpr._files import tree_digest
 
     (tmp_path / "m.py").write_text("a = 1\n")
     first = tree_digest(tmp_path)
@@ -187,27 +187,27 @@ def test_library_digest_sees_sources_not_bytecode(tmp_path: Path) -> None:
 
 
 def test_library_root_is_the_package() -> None:
-    assert runner.library_root() == Path(runner.__file__).resolve().parent
-    assert (runner.library_root() / "runner.py").is_file()
+    assert runner.library_root() == Path(runner.__file__).resolve().parents[1]  # the hpr package, every part
+    assert (runner.library_root() / "study" / "runner.py").is_file() and (runner.library_root() / "editor.py").is_file()
 
 
 def test_profile_study_parameters() -> None:
-    cpu, gpu = runner.PROFILES["cpu"], runner.PROFILES["gpu"]
+    cpu, gpu = profiles.PROFILES["cpu"], profiles.PROFILES["gpu"]
     assert (cpu["source"], cpu["add_bos"], cpu["device"], cpu["dtype"]) == (None, None, "auto", None)
-    assert runner.PROFILES["cpu-extended"]["seeds"] == [0, 1, 2] and "seeds" not in cpu
+    assert profiles.PROFILES["cpu-extended"]["seeds"] == [0, 1, 2] and "seeds" not in cpu
     assert (gpu["source"], gpu["add_bos"], gpu["device"]) == ("hub", False, "auto")
 
 
 def test_study_parameter_values_checked(study: Path) -> None:
     nb = study / "notebooks" / "c.ipynb"
-    runner.validate_parameters(nb, {"seeds": [0, 1], "source": "hub", "device": "cuda:1", "dtype": "bfloat16",
+    profiles.validate_parameters(nb, {"seeds": [0, 1], "source": "hub", "device": "cuda:1", "dtype": "bfloat16",
                                     "add_bos": False})
     for bad, match in [({"seeds": [-1]}, "integers >= 0"), ({"seeds": 3}, "JSON list"),
                        ({"source": "web"}, "'source'"), ({"device": "gpu"}, "'device'"),
                        ({"dtype": "float33"}, "'dtype'"), ({"add_bos": "yes"}, "'add_bos'")]:
         with pytest.raises(ParameterError, match=match):
-            runner.validate_parameters(nb, bad)
-    assert not runner._list_ok("fig6_ks", [0]) and runner._list_ok("seeds", [0])
+            profiles.validate_parameters(nb, bad)
+    assert not profiles._list_ok("fig6_ks", [0]) and profiles._list_ok("seeds", [0])
 
 
 def test_cli_accepts_source_hub(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:

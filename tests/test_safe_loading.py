@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 import hpr
-from hpr import bigbench, data, models, sources
+from hpr.data import bigbench, sources
+from hpr.data import datasets as data
 from hpr.errors import DataError, HPRError
+from hpr.lm import models
 
 PKG = Path(hpr.__file__).resolve().parent
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "_pickle"}

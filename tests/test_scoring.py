@@ -6,22 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from hpr import tasks
-from hpr.architectures import fingerprint
-from hpr.editor import HPR, EditorSet
+from hpr.data.records import Record
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import DataError, ParameterError
-from hpr.records import Record
-from hpr.scoring import (
-    Request,
-    common_prefix,
-    count_tokens,
-    encode_pair,
-    ensure_bos,
-    score,
-    score_full,
-    tok_encode,
-)
-from hpr.tiny import byte_tokenizer
+from hpr.evaluation import tasks
+from hpr.evaluation.scoring import Request, encode_pair, ensure_bos, score, score_full, tok_encode
+from hpr.lm.architectures import fingerprint
+from hpr.lm.kv import common_prefix, count_tokens
+from hpr.lm.tiny import byte_tokenizer
 
 PRIMER = "Q: A shared primer, the same for every question.\nA: Yes, it is the same one.\n\n" * 2
 
@@ -219,10 +212,10 @@ def _tiny_gemma3(sliding_window: int) -> torch.nn.Module:
 def test_native_equals_full_on_sliding_window_model(tokenizer, window: int) -> None:
     """Gemma-3-like layers: prefix sharing when every sequence fits the window (512), the exact
     full-sequence fallback when one does not (16); both equal full scoring, edited too."""
-    from hpr.scoring import _sliding_window
+    from hpr.lm.kv import sliding_window
 
     model = _tiny_gemma3(window)
-    assert _sliding_window(model) == window
+    assert sliding_window(model) == window
     reqs = _requests(4)
     eds = _editors(model, (0, 3))
     for method in (None, eds):

@@ -1,8 +1,8 @@
 import torch
 
 from hpr import EditorSet
-from hpr.architectures import fingerprint
 from hpr.editor import HPR
+from hpr.lm.architectures import fingerprint
 
 
 def test_editor_set_applies_and_restores(tiny_model, tokenizer):

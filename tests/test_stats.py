@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpr.errors import DataError, ParameterError
-from hpr.stats import compare, compare_methods, mcnemar, paired_bootstrap
+from hpr.evaluation.stats import compare, compare_methods, mcnemar, paired_bootstrap
 
 
 def test_mcnemar_hand_computed():
@@ -116,7 +116,7 @@ def test_compare_methods_table():
 
 
 def test_seed_spread_mean_and_sd() -> None:
-    from hpr.stats import seed_spread
+    from hpr.evaluation.stats import seed_spread
 
     def row(method: str, seed: int, mc1: float, tag: str = "") -> dict:
         return {"model": "m", "method": method, "seed": seed, "tag": tag,

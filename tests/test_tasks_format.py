@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from hpr import bigbench, data, prompts, tasks
-from hpr.records import Record, dataset_of
+from hpr.data import bigbench, prompts
+from hpr.data import datasets as data
+from hpr.data.records import Record, dataset_of
+from hpr.evaluation import tasks
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: the user's real hpr cache (read at import, before conftest isolates HPR_CACHE_DIR per test)
@@ -147,7 +149,9 @@ def test_toxigen_wrapped_once_as_lm_eval(tmp_path: Path) -> None:
         y = 1 if r.meta["label"] == "hate" else 0
         doc = {"text": text, "toxicity_ai": 5.0 * y + 0.5, "toxicity_human": 5.0 * y + 0.5}
         assert r.correct == (int(tox_utils.doc_to_target(doc)),)
-    assert tasks.TOXIGEN_TEMPLATE is data.TOXIGEN_PROMPT  # one template
+    from hpr.data import prompts
+
+    assert tasks.TOXIGEN_PROMPT is prompts.TOXIGEN_PROMPT  # one template, in hpr.data.prompts
 
 
 # ---------------------------------------------------------------- the 'task' prompt format
@@ -155,7 +159,7 @@ def test_task_prompt_format_reuses_the_scoring_context() -> None:
     seq = Record("seq-3", "Is it ok? ", ("yes", "no"), (1,))
     prompt, answer = prompts.get_format("task")(seq, 0, 0)
     assert prompt == tasks.context("seq", seq) and answer == "yes"
-    tox = Record("toxigen-a-hate-0", data.TOXIGEN_PROMPT.format(text="x"), ("No", "Yes"), (1,))
+    tox = Record("toxigen-a-hate-0", tasks.TOXIGEN_PROMPT.format(text="x"), ("No", "Yes"), (1,))
     assert prompts.task(tox, 1) == (tox.prompt, "Yes")
     tqa = Record("truthfulqa-0", "What is 2+2?", ("4", "5"), (0,), best=0, mc1=(0, 1), mc2=(0, 1))
     assert prompts.task(tqa, 1) == ("What is 2+2?", "5")  # the plain question, raw answer text

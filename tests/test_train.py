@@ -11,23 +11,15 @@ import torch
 import torch.nn.functional as F
 
 import hpr.train as train_mod
-from hpr.capture import Captured
+from hpr._nn import clip_grad_norm_per_layer, lr_schedule
 from hpr.cli import main as cli_main
-from hpr.editor import HPR, EditorSet
+from hpr.data.records import Record
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import DataError, ParameterError
-from hpr.kernels import angle_between
-from hpr.records import Record
-from hpr.train import (
-    TRAIN_PRESETS,
-    StackedHPR,
-    TrainConfig,
-    clip_grad_norm_per_layer,
-    evaluate,
-    lr_schedule,
-    pair_targets,
-    train,
-    train_from_model,
-)
+from hpr.householder import angle_between
+from hpr.lm.capture import Captured
+from hpr.train import TRAIN_PRESETS, StackedHPR, TrainConfig, evaluate, pair_targets, train, train_from_model
 
 
 def synthetic(layers=(0, 1, 2), d: int = 16, questions: int = 12, seed: int = 0,

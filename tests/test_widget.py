@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from hpr.architectures import fingerprint
-from hpr.editor import HPR, EditorSet
+from hpr.editor import HPR
+from hpr.editor_set import EditorSet
 from hpr.errors import ParameterError
-from hpr.widget import RotationExplorer, offline_jshtml
+from hpr.lm.architectures import fingerprint
+from hpr.study.widget import RotationExplorer, offline_jshtml
 
 
 @pytest.fixture

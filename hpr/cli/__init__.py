@@ -8,9 +8,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import HPRError
+from hpr.errors import HPRError
 
-COMMAND_MODULES: tuple[str, ...] = ("run_cmd", "eval_cmd", "data_cmds", "train_cmd")
+COMMAND_MODULES: tuple[str, ...] = ("run_cmd", "eval_cmd", "data_cmds", "train_cmd", "cache_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import inspect
 import json
 from typing import Any
 
-from ..data import SOURCES
+from hpr.data.datasets import SOURCES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -25,8 +25,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of ``hpr.models.load_model`` from the parsed model options."""
-    from ..errors import ParameterError
+    """Keyword arguments of ``hpr.lm.models.load_model`` from the parsed model options."""
+    from hpr.errors import ParameterError
 
     device_map: Any = args.device_map
     if isinstance(device_map, str) and device_map.lstrip().startswith("{"):
@@ -49,14 +49,14 @@ def add_data_options(p: argparse.ArgumentParser, seed_help: str = "split seed (d
 
 
 def data_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of ``hpr.data.load_split``; ``scheme`` only when ``--split-scheme`` is given."""
-    from .. import data
-    from ..errors import ParameterError
+    """Keyword arguments of ``hpr.data.datasets.load_split``; ``scheme`` only when ``--split-scheme`` is given."""
+    from hpr.data import datasets as data
+    from hpr.errors import ParameterError
 
     kw: dict[str, Any] = {"source": args.source, "data_dir": args.data_dir, "seed": args.seed}
     if args.split_scheme is not None:
         if "scheme" not in inspect.signature(data.load_split).parameters:
-            raise ParameterError("--split-scheme needs hpr.data.load_split(..., scheme=), which this "
+            raise ParameterError("--split-scheme needs hpr.data.datasets.load_split(..., scheme=), which this "
                                  "installation lacks; drop --split-scheme")
         kw["scheme"] = args.split_scheme
     return kw

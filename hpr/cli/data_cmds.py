@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..data import DATASETS, SOURCES, dataset_info
-from ..errors import ModelError, ParameterError
-from ..models import EMBEDDED, load_model, model_cache_dir
+from hpr.data.datasets import SOURCES, dataset_info
+from hpr.data.records import DATASETS
+from hpr.errors import ModelError, ParameterError
+from hpr.lm.models import EMBEDDED, load_model, model_cache_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,7 +58,7 @@ def fetch(args: argparse.Namespace) -> int:
     if args.profile is not None and (args.models is not None or args.no_models):
         raise ParameterError("--profile chooses the models; drop --models/--no-models, or --profile")
     if args.profile is not None:
-        from ..runner import profile_parameters
+        from hpr.study.profiles import profile_parameters
 
         params = profile_parameters(args.profile)
         wanted = {*(params.get("models") or []), *(params.get("all_methods_models") or [])}
@@ -75,9 +76,9 @@ def fetch(args: argparse.Namespace) -> int:
               f"cached at {where}", flush=True)
         del model
     if not args.no_data:
-        from ..bigbench import fetch_bigbench
-        from ..data import resolve_data_dir
-        from ..sources import bigbench_dir
+        from hpr.data.bigbench import fetch_bigbench
+        from hpr.data.datasets import resolve_data_dir
+        from hpr.data.sources import bigbench_dir
 
         root = resolve_data_dir(args.data_dir)
         bb = bigbench_dir(root) if root is not None else fetch_bigbench(lambda s: print(f"  {s}", flush=True))

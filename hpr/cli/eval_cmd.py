@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_data_options, add_model_options, data_kwargs, model_kwargs
+from hpr.cli.common import add_data_options, add_model_options, data_kwargs, model_kwargs
+from hpr.data.records import DATASETS
+from hpr.methods.registry import methods_help
 
 
 def method_name(text: str) -> str:
-    """argparse type: a method name ``hpr.methods.parse_method`` accepts (e.g. ``iti-200-k48``)."""
-    from ..errors import ParameterError
-    from ..methods import parse_method
+    """argparse type: a method name ``hpr.methods.registry.parse_method`` accepts (e.g. ``iti-200-k48``)."""
+    from hpr.errors import ParameterError
+    from hpr.methods import parse_method
 
     try:
         return parse_method(text).name
@@ -23,12 +24,14 @@ def method_name(text: str) -> str:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("eval", help="evaluate a model (and an editing method) on a dataset split")
+    p = sub.add_parser("eval", help="evaluate a model (and an editing method) on a dataset split or any lm-eval task")
     p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
-    p.add_argument("--dataset", required=True, choices=("truthfulqa", "toxigen", "bbq", "seq"))
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="one of our datasets (or give --task)")
+    p.add_argument("--task", default=None, metavar="NAME|PATH.yaml",
+                   help="with --engine lm-eval: any lm-eval task, by name (lm-eval's registry) or task YAML path")
+    p.add_argument("--num-fewshot", type=int, default=None, help="--task: few-shot examples (default: the task's)")
     p.add_argument("--method", default="base", type=method_name,
-                   help="editing method: base, hpr, hpr-noangle, hpr-unit, iti[-<alpha>][-k<heads>], diff, diff-mse, lora "
-                        "(default: base)")
+                   help=f"editing method: {methods_help()}; default: base")
     p.add_argument("--editors", default=None, metavar="DIR", help="directory the method was saved in")
     p.add_argument("--k", type=int, default=None, help="hpr, hpr-noangle, hpr-unit: edit only the top-k layers")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -49,10 +52,6 @@ def register(sub: Any) -> None:
 _ADD_BOS: dict[str, bool | None] = {"tokenizer": None, "true": True, "false": False}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
-
-
 def default_out(args: argparse.Namespace) -> Path:
     name = args.method + (f"-k{args.k}" if args.k is not None else "") + f"-{args.engine}"
     if args.limit is not None:
@@ -61,13 +60,15 @@ def default_out(args: argparse.Namespace) -> Path:
                                  ("bos", args.add_bos, "tokenizer")):
         if value != default:
             name += f"-{flag}-{value}"
-    return Path("runs") / "eval" / _slug(args.model) / f"{args.dataset}-{args.split}" / name
+    from hpr._files import slug
+
+    return Path("runs") / "eval" / slug(args.model) / f"{args.dataset}-{args.split}" / name
 
 
 def load_method(name: str, directory: str | None, model: Any, k: int | None) -> Any:
     """The method ``name`` from ``directory``; ``k`` keeps the top-k layers of HPR editors."""
-    from .. import methods
-    from ..errors import ParameterError
+    from hpr.errors import ParameterError
+    from hpr.methods import registry as methods
 
     spec = methods.parse_method(name)
     method: Any = methods.load_method(spec.family, directory, model, **spec.load_options)
@@ -80,7 +81,7 @@ def load_method(name: str, directory: str | None, model: Any, k: int | None) -> 
 
 def _dir_hash(directory: str) -> str | None:
     """sha256 over the names and bytes of the files in ``directory`` (None if it is not a folder)."""
-    from ..io import file_sha256, stable_hash
+    from hpr._files import file_sha256, stable_hash
 
     d = Path(directory)
     if not d.is_dir():
@@ -90,14 +91,18 @@ def _dir_hash(directory: str) -> str | None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .. import data
-    from ..architectures import weights_digest
-    from ..errors import ParameterError
-    from ..evaluate import evaluate
-    from ..models import load_model
+    from hpr.data import datasets as data
+    from hpr.errors import ParameterError
+    from hpr.evaluation.evaluate import evaluate
+    from hpr.lm.architectures import weights_digest
+    from hpr.lm.models import load_model
 
     if args.limit is not None and args.limit < 1:
         raise ParameterError(f"--limit must be a positive number of examples, got {args.limit}")
+    if (args.task is None) == (args.dataset is None):
+        raise ParameterError("give either --dataset (one of ours) or --task (any lm-eval task, with --engine lm-eval)")
+    if args.task is not None:
+        return _eval_task(args)
     records = data.load_split(args.dataset, args.split, **data_kwargs(args))
     if args.limit is not None:
         records = records[: args.limit]
@@ -128,5 +133,30 @@ def _eval(args: argparse.Namespace) -> int:
     )
     for name, m in res["metrics"].items():
         print(f"{args.dataset} {name}: {m['value']:.4f} ± {m['stderr']:.4f} (n={m['n']})")
+    print(f"score time {res['timings']['score_s']:.1f} s, {res.get('tokens')} tokens; wrote {out}")
+    return 0
+
+
+def _eval_task(args: argparse.Namespace) -> int:
+    from hpr._files import slug
+    from hpr.errors import ParameterError
+    from hpr.evaluation.evaluate import evaluate_task
+    from hpr.lm.architectures import weights_digest
+    from hpr.lm.models import load_model
+
+    if args.engine != "lm-eval":
+        raise ParameterError("--task runs an lm-eval task: add --engine lm-eval")
+    model, tok = load_model(args.model, **model_kwargs(args))
+    method = load_method(args.method, args.editors, model, args.k)
+    name = Path(args.task).stem if args.task.endswith((".yaml", ".yml")) else args.task
+    out = Path(args.out) if args.out else Path("runs") / "eval" / slug(args.model) / f"task-{slug(name)}" / args.method
+    config = {"model": args.model, "method": args.method, "k": args.k, "split": "lm-eval",
+              "editors": str(Path(args.editors).resolve()) if args.editors else None,
+              "model_weights": weights_digest(model), "editors_sha256": _dir_hash(args.editors) if args.editors else None}
+    res = evaluate_task(model, tok, args.task, out, method=method, limit=args.limit, batch_size=args.batch_size,
+                        config=config, force=args.force, add_bos=_ADD_BOS[args.add_bos], num_fewshot=args.num_fewshot)
+    for metric, m in res["metrics"].items():
+        err = "" if m["stderr"] is None else f" ± {m['stderr']:.4f}"
+        print(f"{args.task} {metric}: {m['value']:.4f}{err} (n={m['n']})")
     print(f"score time {res['timings']['score_s']:.1f} s, {res.get('tokens')} tokens; wrote {out}")
     return 0

@@ -7,23 +7,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_data_options, add_model_options, data_kwargs, model_kwargs
-from .eval_cmd import method_name
+from hpr.cli.common import add_data_options, add_model_options, data_kwargs, model_kwargs
+from hpr.cli.eval_cmd import method_name
+from hpr.data.records import DATASETS
+from hpr.methods.registry import HPR_FAMILY
+
+#: Options that only HPR-family training reads, with their defaults (given with a baseline: refused).
+HPR_ONLY = {"k": 5, "epochs": 5, "lr": 5e-4, "batch_size": 16, "layers": None, "prompt_format": "mc-letter"}
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train HPR editors (or a baseline) for a model on a dataset")
     p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
-    p.add_argument("--dataset", required=True, choices=("truthfulqa", "toxigen", "bbq", "seq"))
+    p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to save the trained method in")
     p.add_argument("--method", default="hpr", type=method_name,
-                   help="method to train: hpr, hpr-noangle, hpr-unit, iti[-k<heads>], diff, diff-mse, lora (default: hpr)")
-    p.add_argument("--k", type=int, default=5, help="number of layers to edit (top-k by val accuracy)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per training step")
-    p.add_argument("--layers", default=None, metavar="I,J,..", help="layers to train (default: all)")
-    p.add_argument("--prompt-format", default="mc-letter", help="training prompt format (hpr.prompts)")
+                   help=f"method to train: {', '.join(HPR_FAMILY)} (HPR editors), or a baseline: iti, diff, "
+                        "diff-mse, lora (default: hpr)")
+    hpr_only = "HPR family only"
+    p.add_argument("--k", type=int, default=None, help=f"number of layers to edit, top-k by val accuracy (5; {hpr_only})")
+    p.add_argument("--epochs", type=int, default=None, help=f"training epochs (5; {hpr_only})")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (5e-4; {hpr_only})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"pairs per training step (16; {hpr_only})")
+    p.add_argument("--layers", default=None, metavar="I,J,..", help=f"layers to train (all; {hpr_only})")
+    p.add_argument("--prompt-format", default=None, help=f"training prompt format, hpr.data.prompts (mc-letter; {hpr_only})")
     add_data_options(p, seed_help="split, prompt-order and training seed (default: 0)")
     add_model_options(p)
     p.add_argument("--no-cache", action="store_true", help="recapture activations even if cached")
@@ -31,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def _layers(text: str | None) -> list[int] | None:
-    from ..errors import ParameterError
+    from hpr.errors import ParameterError
 
     if text is None:
         return None
@@ -54,11 +61,20 @@ def accuracy_table(es: Any) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .. import data, methods
-    from ..errors import ParameterError
-    from ..models import load_model
-    from ..train import train_from_model
+    from hpr.data import datasets as data
+    from hpr.errors import ParameterError
+    from hpr.lm.models import load_model
+    from hpr.methods import registry as methods
+    from hpr.train import train_from_model
 
+    given = [k for k in HPR_ONLY if getattr(args, k) is not None]
+    if args.method not in HPR_FAMILY and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ParameterError(f"{flags} set(s) HPR training, not {args.method!r}, whose options are its own "
+                             "defaults (see hpr.methods); drop them, or train --method hpr")
+    for k, default in HPR_ONLY.items():
+        if getattr(args, k) is None:
+            setattr(args, k, default)
     if args.k < 1:
         raise ParameterError(f"--k must be at least 1, got {args.k}")
     t0 = time.perf_counter()
@@ -68,10 +84,10 @@ def _train(args: argparse.Namespace) -> int:
     print(f"data: {args.dataset} train={len(train_recs)} val={len(val_recs)} questions", flush=True)
     model, tok = load_model(args.model, **model_kwargs(args))
     out = Path(args.out)
-    if args.method not in methods.HPR_FAMILY:
+    if args.method not in HPR_FAMILY:
         fit = getattr(methods, "fit_method", None)
         if fit is None:
-            raise ParameterError(f"method {args.method!r} needs hpr.methods.fit_method, which this "
+            raise ParameterError(f"method {args.method!r} needs hpr.methods.registry.fit_method, which this "
                                  "installation lacks; use --method hpr")
         spec = methods.parse_method(args.method)
         fit(spec.family, model=model, tokenizer=tok, train=train_recs, val=val_recs, out=out,
