@@ -51,8 +51,11 @@ def plain_batches(tokenizer: Any, records: list[Any], batch_size: int) -> tuple[
     from hpr.data.prompts import DEFAULT_FORMAT, encode, format_record, has_chat_template
 
     chat = has_chat_template(tokenizer)
-    seqs = [list(encode(tokenizer, p, a, chat).ids) for r in records for _c, _ok, p, a in
-            format_record(r, DEFAULT_FORMAT, 0)]
+    seqs = [
+        list(encode(tokenizer, p, a, chat).ids)
+        for r in records
+        for _c, _ok, p, a in format_record(r, DEFAULT_FORMAT, 0)
+    ]
     order = sorted(range(len(seqs)), key=lambda s: -len(seqs[s]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
@@ -75,8 +78,12 @@ def run(questions: int = 8, repeats: int = 3, batch_size: int = 16, data_dir: st
 
     threads = setup_threads()
     records = load_train(data_dir)
-    result: dict[str, Any] = {"benchmark": "capture", "device": "cpu", "threads": threads,
-                              "forward_passes": pass_counts(records)}
+    result: dict[str, Any] = {
+        "benchmark": "capture",
+        "device": "cpu",
+        "threads": threads,
+        "forward_passes": pass_counts(records),
+    }
     model, tok, info = bench_model()
     result.update(info)
     if tok is None:
@@ -99,6 +106,7 @@ def run(questions: int = 8, repeats: int = 3, batch_size: int = 16, data_dir: st
     import inspect
 
     if "share_prompt" in inspect.signature(run_capture).parameters:
+
         def cap_full() -> None:  # the same batches as `plain`, plus the capture hooks and copies
             with torch.no_grad():
                 run_capture(model, tok, subset, batch_size=batch_size, progress=False, share_prompt=False)
@@ -115,8 +123,9 @@ def run(questions: int = 8, repeats: int = 3, batch_size: int = 16, data_dir: st
         "median_s": {k: median(v) for k, v in t.items()},
         "tokens_per_s": tps,
         "capture_over_plain": tps["capture"] / tps["plain"],
-        "capture_full_batches_over_plain": (tps["capture_full_batches"] / tps["plain"]
-                                            if "capture_full_batches" in tps else None),
+        "capture_full_batches_over_plain": (
+            tps["capture_full_batches"] / tps["plain"] if "capture_full_batches" in tps else None
+        ),
     }
     return result
 

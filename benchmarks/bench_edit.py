@@ -147,8 +147,12 @@ def run(
     if compiled:
         dfns["hpr_compiled"] = step(lambda: es.apply(model, compiled=True))
         dfns["hpr_compiled"]()  # compile the decode shape outside the timings
-    result["decode"] = {"batch": batch, "cache_tokens": seq, "repeats": decode_repeats,
-                        **summarize(alternate(dfns, decode_repeats, warmup=2))}
+    result["decode"] = {
+        "batch": batch,
+        "cache_tokens": seq,
+        "repeats": decode_repeats,
+        **summarize(alternate(dfns, decode_repeats, warmup=2)),
+    }
 
     # The edit alone vs one decoder block, on the block's real input and output (prefill shape).
     block_i = es.selected[0]
@@ -189,8 +193,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--decode-repeats", type=int, default=100)
     ap.add_argument("--no-reference", action="store_true")
-    ap.add_argument("--compiled", action="store_true",
-                    help="add an hpr_compiled row (EditorSet.apply(compiled=True); compiles first)")
+    ap.add_argument(
+        "--compiled",
+        action="store_true",
+        help="add an hpr_compiled row (EditorSet.apply(compiled=True); compiles first)",
+    )
     a = ap.parse_args()
     emit(run(a.batch, a.seq, a.k, a.repeats, a.decode_repeats, not a.no_reference, a.compiled))
 

@@ -70,7 +70,9 @@ def main() -> None:
         "token_ratio": round(n_lm.tokens / n_native.tokens, 2),
         "time_ratio": round(t_lm / t_native, 2),
         "same_choices": [x["chosen"] for x in a] == [x["chosen"] for x in b],
-        "max_abs_loglik_diff": max(abs(x - y) for p, q in zip(native, ll, strict=True) for x, y in zip(p, q, strict=True)),
+        "max_abs_loglik_diff": max(
+            abs(x - y) for p, q in zip(native, ll, strict=True) for x, y in zip(p, q, strict=True)
+        ),
         "native_metrics": summarize(args.dataset, a),
         "lm_eval_metrics": summarize(args.dataset, b),
     }

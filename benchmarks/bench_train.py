@@ -28,8 +28,9 @@ def cached_capture(model: str = "smollm2-135m-instruct") -> Path | None:
 
     from hpr import _files
 
-    found = sorted((_files.cache_dir() / "activations").glob("truthfulqa-train-*.safetensors"),
-                   key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        (_files.cache_dir() / "activations").glob("truthfulqa-train-*.safetensors"), key=lambda p: p.stat().st_mtime
+    )
     best: tuple[int, Path] | None = None
     for path in reversed(found):
         try:
@@ -43,8 +44,15 @@ def cached_capture(model: str = "smollm2-135m-instruct") -> Path | None:
     return best[1] if best else None
 
 
-def synthetic_capture(questions: int = 120, layers: int = 30, d: int = 576, answer_tokens: int = 12,
-                      true: int = 3, false: int = 4, seed: int = 0) -> Any:
+def synthetic_capture(
+    questions: int = 120,
+    layers: int = 30,
+    d: int = 576,
+    answer_tokens: int = 12,
+    true: int = 3,
+    false: int = 4,
+    seed: int = 0,
+) -> Any:
     """Random activations laid out like a capture: ``questions`` x (T + F) answers x tokens."""
     import torch
 
@@ -57,9 +65,16 @@ def synthetic_capture(questions: int = 120, layers: int = 30, d: int = 576, answ
     seq = torch.arange(n_seq).repeat_interleave(answer_tokens)
     label = (seq % per_q < true).long()
     data = torch.randn(layers, rows, d, generator=g)
-    return Captured(data, list(range(layers)), label, seq // per_q, seq,
-                    torch.arange(answer_tokens).repeat(n_seq),
-                    torch.randint(0, 49152, (rows,), generator=g), {"synthetic": True})
+    return Captured(
+        data,
+        list(range(layers)),
+        label,
+        seq // per_q,
+        seq,
+        torch.arange(answer_tokens).repeat(n_seq),
+        torch.randint(0, 49152, (rows,), generator=g),
+        {"synthetic": True},
+    )
 
 
 def run(capture: str | None = None, epochs: int = 5, synthetic: bool = False) -> dict[str, Any]:

@@ -102,12 +102,16 @@ def bench_model(name: str = "smollm2-135m-instruct") -> tuple[Any, Any, dict[str
     cfg = LlamaConfig(**SMOLLM2_SHAPE, max_position_embeddings=2048, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
-    return model, None, {
-        "model": "random LlamaConfig of SmolLM2-135M's shape",
-        "random_weights": True,
-        "why_not_embedded": reason,
-        "dtype": str(next(model.parameters()).dtype),
-    }
+    return (
+        model,
+        None,
+        {
+            "model": "random LlamaConfig of SmolLM2-135M's shape",
+            "random_weights": True,
+            "why_not_embedded": reason,
+            "dtype": str(next(model.parameters()).dtype),
+        },
+    )
 
 
 def emit(result: Mapping[str, Any]) -> None:

@@ -69,10 +69,14 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     """Every predictions file of two output folders, paired by key, compared."""
     fa, fb = predictions_files(a), predictions_files(b)
     pairs = {k: compare(read(fa[k]), read(fb[k])) for k in sorted(set(fa) & set(fb))}
-    return {"pairs": pairs, "only_in_a": sorted(set(fa) - set(fb)), "only_in_b": sorted(set(fb) - set(fa)),
-            "all_same_choice": all(v["same_choice"] == v["questions"] for v in pairs.values()),
-            "max_mc2_diff": max((v.get("max_mc2_diff", 0.0) for v in pairs.values()), default=0.0),
-            "max_loglik_diff": max((v.get("max_loglik_diff", 0.0) for v in pairs.values()), default=0.0)}
+    return {
+        "pairs": pairs,
+        "only_in_a": sorted(set(fa) - set(fb)),
+        "only_in_b": sorted(set(fb) - set(fa)),
+        "all_same_choice": all(v["same_choice"] == v["questions"] for v in pairs.values()),
+        "max_mc2_diff": max((v.get("max_mc2_diff", 0.0) for v in pairs.values()), default=0.0),
+        "max_loglik_diff": max((v.get("max_loglik_diff", 0.0) for v in pairs.values()), default=0.0),
+    }
 
 
 def main() -> None:
@@ -87,13 +91,20 @@ def main() -> None:
                 sys.exit(f"{p} is not a folder; --runs compares two output folders such as runs/book")
         res = compare_runs(args.a, args.b)
         for key, v in res["pairs"].items():
-            print(f"{key}: {v['same_choice']}/{v['questions']} same choice, max MC2 diff "
-                  f"{v.get('max_mc2_diff', 0.0):.3g}, max log-likelihood diff {v.get('max_loglik_diff', 0.0):.3g}")
+            print(
+                f"{key}: {v['same_choice']}/{v['questions']} same choice, max MC2 diff "
+                f"{v.get('max_mc2_diff', 0.0):.3g}, max log-likelihood diff {v.get('max_loglik_diff', 0.0):.3g}"
+            )
         summary = {k: v for k, v in res.items() if k != "pairs"}
         summary["files"] = len(res["pairs"])
         print(json.dumps(summary, indent=2))
-        sys.exit(1 if res["only_in_a"] or res["only_in_b"] or any(
-            v["only_in_a"] or v["only_in_b"] for v in res["pairs"].values()) else 0)
+        sys.exit(
+            1
+            if res["only_in_a"]
+            or res["only_in_b"]
+            or any(v["only_in_a"] or v["only_in_b"] for v in res["pairs"].values())
+            else 0
+        )
     for p in (args.a, args.b):
         if not p.is_file():
             sys.exit(f"{p} does not exist; pass two predictions .jsonl files")

@@ -42,11 +42,25 @@ for p in (ROOT, ROOT / "benchmarks"):
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                 intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,
-                 max_position_embeddings=8192)
-TINY = dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=512, vocab_size=1000, max_position_embeddings=1024)
+LLAMA3_8B = dict(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=14336,
+    vocab_size=128256,
+    rope_theta=500000.0,
+    max_position_embeddings=8192,
+)
+TINY = dict(
+    hidden_size=256,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=512,
+    vocab_size=1000,
+    max_position_embeddings=1024,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -54,8 +68,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternate(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device,
-              warmup: int = 2) -> dict[str, list[float]]:
+def alternate(
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 2
+) -> dict[str, list[float]]:
     """Interleaved timings (seconds) of each function, order flipped every round."""
     names = list(fns)
     for _ in range(warmup):
@@ -84,7 +99,8 @@ def summary(t: dict[str, list[float]]) -> dict[str, Any]:
         "overhead": {n: med(v) / base - 1.0 for n, v in t.items() if n != "plain"},
         "overhead_paired": {
             n: float(statistics.median(a / b for a, b in zip(v, t["plain"], strict=True))) - 1.0
-            for n, v in t.items() if n != "plain"
+            for n, v in t.items()
+            if n != "plain"
         },
     }
 
@@ -158,14 +174,18 @@ def cuda_graph_check(editor: Any, x: torch.Tensor) -> dict[str, Any]:
             g.replay()
             want = editor.edit(x * 1.5)
         torch.cuda.synchronize()
-        return {"capturable": True, "replay_equals_eager": bool(torch.equal(out, want)),
-                "max_abs_diff": float((out.float() - want.float()).abs().max())}
+        return {
+            "capturable": True,
+            "replay_equals_eager": bool(torch.equal(out, want)),
+            "max_abs_diff": float((out.float() - want.float()).abs().max()),
+        }
     except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
         return {"capturable": False, "why": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def static_decode_step(model: Any, batch: int, seq: int, device: torch.device, g: torch.Generator,
-                       cache_kw: str) -> Callable[[], Any]:
+def static_decode_step(
+    model: Any, batch: int, seq: int, device: torch.device, g: torch.Generator, cache_kw: str
+) -> Callable[[], Any]:
     """One decode step (``batch`` x 1 token) on a ``StaticCache`` that holds ``seq`` prompt tokens,
     replayable and capturable in a CUDA graph. Where the model takes ``cache_position`` (older
     transformers) every call rewrites slot ``seq``; otherwise the cache advances its own position
@@ -247,6 +267,7 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         def f() -> Any:
             with ctx(kind), torch.no_grad():
                 return model(ids, use_cache=False)
+
         return f
 
     kinds = ("plain", "hpr", "hpr_compiled", "reference")
@@ -266,8 +287,11 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         "k": k,
         "compile_s_prefill_shape": compile_s,
     }
-    result["prefill"] = {"shape": [batch, seq], "repeats": repeats,
-                         **summary(alternate({n: prefill(n) for n in kinds}, repeats, device))}
+    result["prefill"] = {
+        "shape": [batch, seq],
+        "repeats": repeats,
+        **summary(alternate({n: prefill(n) for n in kinds}, repeats, device)),
+    }
 
     dids = torch.randint(0, vocab, (dbatch, seq), generator=g).to(device)
     with torch.no_grad():
@@ -285,14 +309,19 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
                 o = model(nxt, **{cache_kw: cache}, use_cache=True)
             cache.crop(-1)
             return o
+
         return f
 
     t_compile = time.perf_counter()
     decode("hpr_compiled")()  # compile the decode shape outside the timings
     sync(device)
     result["compile_s_decode_shape"] = time.perf_counter() - t_compile
-    result["decode"] = {"batch": dbatch, "cache_tokens": seq, "repeats": repeats * 3,
-                        **summary(alternate({n: decode(n) for n in kinds}, repeats * 3, device))}
+    result["decode"] = {
+        "batch": dbatch,
+        "cache_tokens": seq,
+        "repeats": repeats * 3,
+        **summary(alternate({n: decode(n) for n in kinds}, repeats * 3, device)),
+    }
 
     # Decode as serving stacks run it: a StaticCache and the whole step in one CUDA graph, so the
     # host's per-kernel launch cost (which dominates the eager rows above) is gone. Plus the GPU
@@ -308,8 +337,10 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         result["decode_cuda_graph_step"] = graph_res
         try:
             kt = {n: kernel_time_per_call(decode(n)) for n in ("plain", "hpr", "hpr_compiled", "reference")}
-            result["decode_kernel_time"] = {"seconds_per_step": kt,
-                                            "overhead": {n: v / kt["plain"] - 1.0 for n, v in kt.items() if n != "plain"}}
+            result["decode_kernel_time"] = {
+                "seconds_per_step": kt,
+                "overhead": {n: v / kt["plain"] - 1.0 for n, v in kt.items() if n != "plain"},
+            }
         except Exception as exc:  # noqa: BLE001
             result["decode_kernel_time"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
@@ -321,22 +352,39 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     block = decoder_layers(model)[layer]
     ours_e, ref_e = es.editors[layer], ref_eds[layer]
     with torch.no_grad():
-        t = alternate({"block": lambda: block(*args, **kwargs), "hpr": lambda: ours_e.edit(x),
-                       "hpr_compiled": lambda: ours_e.edit(x, compiled=True),
-                       "reference": lambda: reference_edit(ref_e, x)}, repeats, device)
+        t = alternate(
+            {
+                "block": lambda: block(*args, **kwargs),
+                "hpr": lambda: ours_e.edit(x),
+                "hpr_compiled": lambda: ours_e.edit(x, compiled=True),
+                "reference": lambda: reference_edit(ref_e, x),
+            },
+            repeats,
+            device,
+        )
     b = med(t["block"])
     rows = ("hpr", "hpr_compiled", "reference")
     mean_layer = result["prefill"]["median_s"]["plain"] / model.config.num_hidden_layers
-    result["per_layer_prefill"] = {"shape": list(x.shape), "decoder_block_median_s": b,
-                                   "edit_median_s": {n: med(t[n]) for n in rows},
-                                   "edit_over_block": {n: med(t[n]) / b for n in rows},
-                                   "mean_layer_s": mean_layer,
-                                   "edit_over_mean_layer": {n: med(t[n]) / mean_layer for n in rows}}
+    result["per_layer_prefill"] = {
+        "shape": list(x.shape),
+        "decoder_block_median_s": b,
+        "edit_median_s": {n: med(t[n]) for n in rows},
+        "edit_over_block": {n: med(t[n]) / b for n in rows},
+        "mean_layer_s": mean_layer,
+        "edit_over_mean_layer": {n: med(t[n]) / mean_layer for n in rows},
+    }
     with torch.no_grad():
         _, _, xd = block_inputs(model, layer, dids[:, :1])
     with torch.no_grad():
-        t = alternate({"hpr": lambda: ours_e.edit(xd), "hpr_compiled": lambda: ours_e.edit(xd, compiled=True),
-                       "reference": lambda: reference_edit(ref_e, xd)}, repeats * 3, device)
+        t = alternate(
+            {
+                "hpr": lambda: ours_e.edit(xd),
+                "hpr_compiled": lambda: ours_e.edit(xd, compiled=True),
+                "reference": lambda: reference_edit(ref_e, xd),
+            },
+            repeats * 3,
+            device,
+        )
     result["per_layer_decode_edit_median_s"] = {n: med(v) for n, v in t.items()}
     result["decode_cuda_graph"] = cuda_graph_check(ours_e, xd)
     # agreement of our path and the reference on this model's activations (bf16 output); x and -x,

@@ -64,10 +64,20 @@ def run(steps: int = 40, batch: int = 8, seq: int = 256, k: int = 5) -> dict[str
                 calls[i](seen[i])
                 alone.append(time.perf_counter() - t0)
     inside, isolated = median(in_model) * 1e6, median(alone) * 1e6
-    return {"benchmark": "edit_profile", "device": "cpu", "threads": threads, **info, "k": k,
-            "batch": batch, "cache_tokens": seq, "steps": steps,
-            "edit_in_model_us": inside, "edit_alone_us": isolated, "in_model_over_alone": inside / isolated,
-            "edits_per_step_ms": inside * k / 1e3}
+    return {
+        "benchmark": "edit_profile",
+        "device": "cpu",
+        "threads": threads,
+        **info,
+        "k": k,
+        "batch": batch,
+        "cache_tokens": seq,
+        "steps": steps,
+        "edit_in_model_us": inside,
+        "edit_alone_us": isolated,
+        "in_model_over_alone": inside / isolated,
+        "edits_per_step_ms": inside * k / 1e3,
+    }
 
 
 def main() -> None:

@@ -45,10 +45,18 @@ def parse_json(stdout: str) -> Any:
 
 def run_one(name: str, quick: bool, timeout: float) -> dict[str, Any]:
     script, full, short = BENCHMARKS[name]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "HPR_BENCH_THREADS": str(THREADS),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(THREADS),
+        "HPR_BENCH_THREADS": str(THREADS),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     cmd = [sys.executable, str(HERE / script), *(short if quick else full)]
-    shown = " ".join(["python", str((HERE / script).relative_to(ROOT)), *(short if quick else full)])  # no machine paths
+    shown = " ".join(
+        ["python", str((HERE / script).relative_to(ROOT)), *(short if quick else full)]
+    )  # no machine paths
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
@@ -82,8 +90,9 @@ def main() -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=sorted(BENCHMARKS))
     ap.add_argument("--out", default=None, help="default: benchmarks/results/cpu.json (quick: cpu-quick.json)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
-    ap.add_argument("--update", action="store_true",
-                    help="keep the results of skipped benchmarks from the existing output file")
+    ap.add_argument(
+        "--update", action="store_true", help="keep the results of skipped benchmarks from the existing output file"
+    )
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from hpr import _files
@@ -92,8 +101,12 @@ def main() -> int:
         "suite": "hpr CPU benchmarks",
         "quick": a.quick,
         "threads": THREADS,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out = Path(a.out) if a.out else RESULTS / ("cpu-quick.json" if a.quick else "cpu.json")

@@ -44,15 +44,19 @@ def main() -> int:
     marker = work / ".hpr-book-timing"
     if work.exists():
         if not marker.is_file():
-            print(f"{work} exists and was not made by this script; pass another --workdir "
-                  "(it is deleted and recreated on each run)", file=sys.stderr)
+            print(
+                f"{work} exists and was not made by this script; pass another --workdir "
+                "(it is deleted and recreated on each run)",
+                file=sys.stderr,
+            )
             return 2
         shutil.rmtree(work)
     work.mkdir(parents=True)
     marker.touch()
     clone, caches = work / "repo", work / "cache"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = {**os.environ, "HPR_CACHE_DIR": str(caches / "hpr"), "HPR_MODEL_CACHE": str(caches / "models")}
     shared = ROOT.parent / "shared" / "data"  # the clone sits one level deeper than this checkout
@@ -71,10 +75,17 @@ def main() -> int:
         if str(meta.get("hpr", {}).get("commit", "")).split("-")[0] != commit:
             continue  # a committed notebook that make book did not run (the extended study)
         notebooks[nb_path.stem] = meta.get("papermill", {}).get("duration")
-    result = {"command": "make book", "commit": commit, "exit_code": rc, "wall_s": round(wall, 1),
-              "hpr_data_dir": _shown(env.get("HPR_DATA_DIR")),
-              "notebook_s": notebooks, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "log": f"<workdir>/{log.name}"}
+    result = {
+        "command": "make book",
+        "commit": commit,
+        "exit_code": rc,
+        "wall_s": round(wall, 1),
+        "hpr_data_dir": _shown(env.get("HPR_DATA_DIR")),
+        "notebook_s": notebooks,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "log": f"<workdir>/{log.name}",
+    }
     from hpr import _files
 
     _files.write_json(ROOT / "benchmarks" / "results" / "book_time.json", result)

@@ -29,19 +29,32 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {
     # the method
-    "HPR": "hpr.editor", "EditorSet": "hpr.editor_set", "TrainConfig": "hpr.train", "train": "hpr.train",
-    "train_from_model": "hpr.train", "reflect": "hpr.householder", "pseudo_rotate": "hpr.householder",
+    "HPR": "hpr.editor",
+    "EditorSet": "hpr.editor_set",
+    "TrainConfig": "hpr.train",
+    "train": "hpr.train",
+    "train_from_model": "hpr.train",
+    "reflect": "hpr.householder",
+    "pseudo_rotate": "hpr.householder",
     "angle_between": "hpr.householder",
     # models and activations
-    "load_model": "hpr.lm.models", "capture": "hpr.lm.capture", "Captured": "hpr.lm.activations",
+    "load_model": "hpr.lm.models",
+    "capture": "hpr.lm.capture",
+    "Captured": "hpr.lm.activations",
     # data
-    "Record": "hpr.data.records", "load_split": "hpr.data.datasets", "load_splits": "hpr.data.datasets",
+    "Record": "hpr.data.records",
+    "load_split": "hpr.data.datasets",
+    "load_splits": "hpr.data.datasets",
     "DATASETS": "hpr.data.records",
     # every method by name
-    "METHOD_NAMES": "hpr.methods.registry", "parse_method": "hpr.methods.registry",
-    "fit_method": "hpr.methods.registry", "load_method": "hpr.methods.registry", "Unedited": "hpr.methods.base",
+    "METHOD_NAMES": "hpr.methods.registry",
+    "parse_method": "hpr.methods.registry",
+    "fit_method": "hpr.methods.registry",
+    "load_method": "hpr.methods.registry",
+    "Unedited": "hpr.methods.base",
     # evaluation
-    "evaluate": "hpr.evaluation.evaluate", "read_results": "hpr.evaluation.evaluate",
+    "evaluate": "hpr.evaluation.evaluate",
+    "read_results": "hpr.evaluation.evaluate",
     "score": "hpr.evaluation.scoring",
 }
 
@@ -59,8 +72,33 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DATASETS", "DataError", "EditorError", "EditorSet", "HPR", "HPRError", "METHOD_NAMES", "ModelError",
-    "ParameterError", "Captured", "Record", "TrainConfig", "Unedited", "__version__", "angle_between", "capture",
-    "evaluate", "fit_method", "load_method", "load_model", "load_split", "load_splits", "parse_method",
-    "pseudo_rotate", "read_results", "reflect", "score", "train", "train_from_model",
+    "DATASETS",
+    "DataError",
+    "EditorError",
+    "EditorSet",
+    "HPR",
+    "HPRError",
+    "METHOD_NAMES",
+    "ModelError",
+    "ParameterError",
+    "Captured",
+    "Record",
+    "TrainConfig",
+    "Unedited",
+    "__version__",
+    "angle_between",
+    "capture",
+    "evaluate",
+    "fit_method",
+    "load_method",
+    "load_model",
+    "load_split",
+    "load_splits",
+    "parse_method",
+    "pseudo_rotate",
+    "read_results",
+    "reflect",
+    "score",
+    "train",
+    "train_from_model",
 ]

@@ -23,8 +23,10 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtra(f"{what} needs the Python package {module.split('.')[0]!r}, which is not installed "
-                           f"({exc}); install it with `pip install 'hpr[{extra}]'` (or 'hpr[all]')") from exc
+        raise MissingExtra(
+            f"{what} needs the Python package {module.split('.')[0]!r}, which is not installed "
+            f"({exc}); install it with `pip install 'hpr[{extra}]'` (or 'hpr[all]')"
+        ) from exc
 
 
 __all__ = ["MissingExtra", "require"]

@@ -100,8 +100,13 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def tree_digest(root: str | os.PathLike[str], *, content: bool = True,
-                skip: tuple[str, ...] = ("__pycache__",), suffixes: tuple[str, ...] | None = None) -> str:
+def tree_digest(
+    root: str | os.PathLike[str],
+    *,
+    content: bool = True,
+    skip: tuple[str, ...] = ("__pycache__",),
+    suffixes: tuple[str, ...] | None = None,
+) -> str:
     """sha256 (hex) of the files under ``root`` in sorted relative-path order.
 
     ``content=True`` hashes each file's bytes; ``False`` only its size and mtime (ns), which is
@@ -139,10 +144,17 @@ def git_commit(root: str | os.PathLike[str] | None = None) -> tuple[str, bool] |
 
     where = Path(root) if root is not None else package_root()
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, check=True, timeout=20).stdout
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return head, bool(status.strip())

@@ -33,7 +33,6 @@ def mlp(widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-
 def lr_schedule(schedule: str, total: int, warmup: float = 0.05) -> Callable[[int], float]:
     """Learning-rate factor of step ``step`` (0-based) for ``LambdaLR``; ``total`` steps in all.
 
@@ -78,7 +77,8 @@ def clip_grad_norm_per_layer(params: Sequence[Tensor], max_norm: float, eps: flo
         return torch.zeros(0)
     n = grads[0].shape[0]
     norms = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), dim=1, dtype=torch.float32) for g in grads]), dim=0)
+        torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), dim=1, dtype=torch.float32) for g in grads]), dim=0
+    )
     coef = (max_norm / (norms + eps)).clamp(max=1.0)
     for g in grads:
         g.mul_(coef.to(g.dtype).view(n, *([1] * (g.dim() - 1))))

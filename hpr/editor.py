@@ -41,8 +41,9 @@ class HPR(nn.Module):
     (``ANGLE_INPUTS``): what the angle network reads, ``"raw"`` (the paper's design) or ``"unit"``.
     """
 
-    def __init__(self, hidden_size: int, angle_layers: int = 4, use_angle: bool = True,
-                 angle_input: str = "raw") -> None:
+    def __init__(
+        self, hidden_size: int, angle_layers: int = 4, use_angle: bool = True, angle_input: str = "raw"
+    ) -> None:
         super().__init__()
         if angle_input not in ANGLE_INPUTS:
             raise EditorError(f"angle_input must be one of {ANGLE_INPUTS}, got {angle_input!r}")
@@ -120,13 +121,16 @@ class HPR(nn.Module):
         return super().__call__(x)
 
 
-def edit_with(x: Tensor, cached: tuple[Any, ...], use_angle: bool = True, compiled: bool = False,
-              angle_input: str = "raw") -> Tensor:
+def edit_with(
+    x: Tensor, cached: tuple[Any, ...], use_angle: bool = True, compiled: bool = False, angle_input: str = "raw"
+) -> Tensor:
     """``HPR.edit`` given the editor's ``_cached()`` arguments (the hooks read those once per block)."""
     wh, ws, bs, stacked = cached
     if x.shape[-1] != wh.shape[0]:
-        raise EditorError(f"activations of size {x.shape[-1]} given to an editor of hidden size "
-                          f"{wh.shape[0]}; use editors trained for this model and layer")
+        raise EditorError(
+            f"activations of size {x.shape[-1]} given to an editor of hidden size "
+            f"{wh.shape[0]}; use editors trained for this model and layer"
+        )
     grad = torch.is_grad_enabled()
     onednn = torch._C._get_mkldnn_enabled()
     # For contiguous float32 CPU input ATen runs GELU through oneDNN, whose per-call overhead far
@@ -186,8 +190,11 @@ def compiled_edit_rows() -> Any:
             try:
                 return compiled(*args)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: stay correct, go eager
-                warnings.warn(f"torch.compile of the HPR edit failed ({type(exc).__name__}: {exc}); "
-                              "using the eager path", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"torch.compile of the HPR edit failed ({type(exc).__name__}: {exc}); using the eager path",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 _COMPILED["failed"] = True
                 return edit_rows(*args)
 

@@ -145,7 +145,7 @@ class EditorSet:
         for key, spec in cfg["editors"].items():
             e = HPR(d, int(spec["angle_layers"]), bool(spec["use_angle"]), str(spec.get("angle_input", "raw")))
             prefix = f"layer{key}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 e.load_state_dict(state)
             except RuntimeError as exc:
@@ -187,8 +187,10 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise EditorError(f"editor directory {d} does not exist; train editors with `hpr train`")
     path = d / CONFIG_FILE
     if not path.is_file():
-        raise EditorError(f"{path} is missing; {d} is not a saved editor set: pass the folder that "
-                          "`hpr train --out` (or EditorSet.save) wrote")
+        raise EditorError(
+            f"{path} is missing; {d} is not a saved editor set: pass the folder that "
+            "`hpr train --out` (or EditorSet.save) wrote"
+        )
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -205,8 +207,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         for key, spec in eds.items():
             if not str(key).lstrip("-").isdigit() or int(key) < 0:
                 problems.append(f"editor key {key!r} is not a layer index")
-            elif not isinstance(spec, dict) or not isinstance(spec.get("angle_layers"), int) \
-                    or not 1 <= spec["angle_layers"] <= 16 or not isinstance(spec.get("use_angle"), bool):
+            elif (
+                not isinstance(spec, dict)
+                or not isinstance(spec.get("angle_layers"), int)
+                or not 1 <= spec["angle_layers"] <= 16
+                or not isinstance(spec.get("use_angle"), bool)
+            ):
                 problems.append(f"editor {key} needs angle_layers (1..16) and use_angle (bool)")
             elif spec.get("angle_input", "raw") not in ANGLE_INPUTS:
                 problems.append(f"editor {key}: angle_input must be one of {ANGLE_INPUTS}")
@@ -218,8 +224,11 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     elif isinstance(eds, dict) and any(str(i) not in eds for i in sel):
         problems.append("selected names a layer without an editor")
     if problems:
-        raise EditorError(f"{path} is not a valid editor config: " + "; ".join(problems)
-                          + "; restore the file EditorSet.save wrote, or retrain the editors (hpr train)")
+        raise EditorError(
+            f"{path} is not a valid editor config: "
+            + "; ".join(problems)
+            + "; restore the file EditorSet.save wrote, or retrain the editors (hpr train)"
+        )
     return cfg
 
 

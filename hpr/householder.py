@@ -24,9 +24,7 @@ def _check(x: Tensor, w: Tensor) -> None:
     if w.dim() != 1:
         raise ValueError(f"w must have shape (d,), got {tuple(w.shape)}")
     if x.shape[-1] != w.shape[0]:
-        raise ValueError(
-            f"last dimension of x ({x.shape[-1]}) does not match the size of w ({w.shape[0]})"
-        )
+        raise ValueError(f"last dimension of x ({x.shape[-1]}) does not match the size of w ({w.shape[0]})")
 
 
 def _unit(w: Tensor) -> Tensor:

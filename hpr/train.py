@@ -177,14 +177,14 @@ def pair_targets(cap: Captured, neg: Tensor, pos: Tensor, chunk: int = 8192) -> 
 def _pair_rows(cap: Captured, threshold: float) -> tuple[Tensor, Tensor]:
     neg, pos = cap.pairs(threshold)
     if len(neg) == 0:
-        raise DataError("the validation activations give no pairs; each question needs a correct "
-                        "and an incorrect answer")
+        raise DataError(
+            "the validation activations give no pairs; each question needs a correct and an incorrect answer"
+        )
     return neg, pos
 
 
 @torch.no_grad()
-def probe_accuracy(model: StackedHPR, cap: Captured, threshold: float = SHARED_THRESHOLD,
-                   chunk: int = 2048) -> Tensor:
+def probe_accuracy(model: StackedHPR, cap: Captured, threshold: float = SHARED_THRESHOLD, chunk: int = 2048) -> Tensor:
     """Per-layer probe accuracy ``(L,)`` on the distinct rows of ``cap``'s pairs (answer tokens
     outside the shared prefix); rows move to the model's device chunk by chunk."""
     neg, pos = _pair_rows(cap, threshold)
@@ -199,8 +199,9 @@ def probe_accuracy(model: StackedHPR, cap: Captured, threshold: float = SHARED_T
 
 
 @torch.no_grad()
-def evaluate(model: StackedHPR, cap: Captured, threshold: float = SHARED_THRESHOLD,
-             chunk: int = 2048) -> dict[str, Tensor]:
+def evaluate(
+    model: StackedHPR, cap: Captured, threshold: float = SHARED_THRESHOLD, chunk: int = 2048
+) -> dict[str, Tensor]:
     """Per-layer validation metrics, each of shape ``(L,)``.
 
     ``accuracy``: ``probe_accuracy``; ``angle_error``: mean |theta - target| in radians over the
@@ -217,16 +218,27 @@ def evaluate(model: StackedHPR, cap: Captured, threshold: float = SHARED_THRESHO
         ln, tn = model(cap.data[:, n].to(dev, torch.float32))
         lp, tp = model(cap.data[:, p].to(dev, torch.float32))
         err += ((tn - t).abs().sum(1) + tp.abs().sum(1)).cpu()
-        loss += (F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln), reduction="none").sum(1)
-                 + F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp), reduction="none").sum(1)
-                 + ((tn - t) ** 2).sum(1) + (tp**2).sum(1)).cpu()
-    return {"accuracy": probe_accuracy(model, cap, threshold, chunk), "angle_error": err / (2 * len(neg)),
-            "loss": loss / (2 * len(neg))}
+        loss += (
+            F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln), reduction="none").sum(1)
+            + F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp), reduction="none").sum(1)
+            + ((tn - t) ** 2).sum(1)
+            + (tp**2).sum(1)
+        ).cpu()
+    return {
+        "accuracy": probe_accuracy(model, cap, threshold, chunk),
+        "angle_error": err / (2 * len(neg)),
+        "loss": loss / (2 * len(neg)),
+    }
 
 
 def train(
-    train_cap: Captured, val_cap: Captured | None = None, *, config: TrainConfig | None = None,
-    dataset: str | None = None, progress: bool = True, device: str | torch.device | None = None,
+    train_cap: Captured,
+    val_cap: Captured | None = None,
+    *,
+    config: TrainConfig | None = None,
+    dataset: str | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
     **overrides: Any,
 ) -> EditorSet:
     """Train one HPR editor per captured layer; return them with the top ``k`` selected.
@@ -248,8 +260,10 @@ def train(
     t0 = time.perf_counter()
     neg, pos = train_cap.pairs(cfg.threshold)
     if len(neg) == 0:
-        raise DataError("the training activations give no pairs; each question needs a correct and an "
-                        "incorrect answer whose tokens differ")
+        raise DataError(
+            "the training activations give no pairs; each question needs a correct and an "
+            "incorrect answer whose tokens differ"
+        )
     target = pair_targets(train_cap, neg, pos)
     L, d = len(train_cap.layers), train_cap.hidden_size
     torch.manual_seed(cfg.seed)
@@ -259,8 +273,7 @@ def train(
     target = target.to(dev)
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(neg) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.schedule, steps_per_epoch * cfg.epochs,
-                                                               cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.schedule, steps_per_epoch * cfg.epochs, cfg.warmup))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: dict[str, list[list[float]]] = {"loss": [], "bce": [], "mse": []}
     data = train_cap.data
@@ -271,8 +284,13 @@ def train(
         model.train()
         perm = torch.randperm(len(neg), generator=gen)
         sums = {k: torch.zeros(L, device=dev) for k in history}
-        bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"train epoch {epoch + 1}/{cfg.epochs}",
-                   unit="step", disable=not progress, mininterval=1.0)
+        bar = tqdm(
+            range(0, len(perm), cfg.batch_size),
+            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not progress,
+            mininterval=1.0,
+        )
         for s in bar:
             idx = perm[s : s + cfg.batch_size]
             b = len(idx)
@@ -341,19 +359,47 @@ def train(
 
 
 def train_from_model(
-    model: nn.Module, tokenizer: Any, train_records: Sequence[Record],
-    val_records: Sequence[Record] | None = None, *, layers: Sequence[int] | None = None, k: int = 5,
-    prompt_format: str = DEFAULT_FORMAT, seed: int = 0, dataset: str = "custom",
-    chat: bool | None = None, batch_size_capture: int = 16, cache: bool = True, progress: bool = True,
-    name: str | None = None, **train_kw: Any,
+    model: nn.Module,
+    tokenizer: Any,
+    train_records: Sequence[Record],
+    val_records: Sequence[Record] | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    k: int = 5,
+    prompt_format: str = DEFAULT_FORMAT,
+    seed: int = 0,
+    dataset: str = "custom",
+    chat: bool | None = None,
+    batch_size_capture: int = 16,
+    cache: bool = True,
+    progress: bool = True,
+    name: str | None = None,
+    **train_kw: Any,
 ) -> EditorSet:
     """Capture the train (and val) activations of ``model``, then ``train`` editors on them."""
-    common = dict(dataset=dataset, layers=layers, prompt_format=prompt_format, seed=seed, chat=chat,
-                  batch_size=batch_size_capture, cache=cache, progress=progress, name=name)
+    common = dict(
+        dataset=dataset,
+        layers=layers,
+        prompt_format=prompt_format,
+        seed=seed,
+        chat=chat,
+        batch_size=batch_size_capture,
+        cache=cache,
+        progress=progress,
+        name=name,
+    )
     tr = capture(model, tokenizer, train_records, split="train", **common)  # type: ignore[arg-type]
     va = capture(model, tokenizer, val_records, split="val", **common) if val_records else None  # type: ignore[arg-type]
     return train(tr, va, dataset=dataset, progress=progress, k=k, seed=seed, **train_kw)
 
 
-__all__ = ["StackedHPR", "TrainConfig", "TRAIN_PRESETS", "evaluate", "pair_targets", "probe_accuracy", "train",
-           "train_from_model"]
+__all__ = [
+    "StackedHPR",
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "evaluate",
+    "pair_targets",
+    "probe_accuracy",
+    "train",
+    "train_from_model",
+]

@@ -22,8 +22,9 @@ def captured(neg: torch.Tensor, pos: torch.Tensor, layers=(0,)) -> Captured:
     label = torch.tensor([0, 1] * n)
     question = torch.arange(n).repeat_interleave(2)
     seq = torch.arange(2 * n)
-    return Captured(data, list(layers), label, question, seq, torch.zeros(2 * n, dtype=torch.long), seq,
-                    {"dataset": "synthetic"})
+    return Captured(
+        data, list(layers), label, question, seq, torch.zeros(2 * n, dtype=torch.long), seq, {"dataset": "synthetic"}
+    )
 
 
 def editor(d: int, w: torch.Tensor, bias: float | None = None) -> HPR:
@@ -111,7 +112,8 @@ def test_no_common_layer_or_no_pairs():
     cap = captured(torch.randn(1, 4, 6), torch.randn(1, 4, 6), layers=(2,))
     with pytest.raises(DataError, match="no captured layer"):
         angle_fit_per_layer(EditorSet({0: HPR(6)}, {"name": "toy"}), cap)
-    only_neg = Captured(cap.data, cap.layers, torch.zeros_like(cap.label), cap.question, cap.sequence,
-                        cap.position, cap.token, cap.meta)
+    only_neg = Captured(
+        cap.data, cap.layers, torch.zeros_like(cap.label), cap.question, cap.sequence, cap.position, cap.token, cap.meta
+    )
     with pytest.raises(DataError, match="no \\(negative, positive\\) pairs"):
         plane_assumption(EditorSet({2: HPR(6)}, {"name": "toy"}), only_neg)

@@ -212,8 +212,9 @@ def test_known_differences(golden: dict[str, torch.Tensor]) -> None:
     u = xd / r.unsqueeze(-1)
     v = wh - c.unsqueeze(-1) * u
     toward = -torch.sign(c).unsqueeze(-1) * v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-    exact = r.unsqueeze(-1) * (torch.cos(theta.double()).unsqueeze(-1) * u
-                               + torch.sin(theta.double()).unsqueeze(-1) * toward)
+    exact = r.unsqueeze(-1) * (
+        torch.cos(theta.double()).unsqueeze(-1) * u + torch.sin(theta.double()).unsqueeze(-1) * toward
+    )
     rot = near & ~ties
     assert (rel_err(y, exact, x)[rot] < 1e-5).all(), rel_err(y, exact, x)[rot]
     # Ties: they edit (a row exactly on the hyperplane shrinks to 36% of its norm), we do not.

@@ -42,8 +42,13 @@ def _tqa(path: Path, examples: list[dict[str, object]]) -> Path:
 
 
 def _tqa_ok(i: int) -> dict[str, object]:
-    return {"Question": f"Q{i}?", "Category": "c", "True answers": [f"yes {i}"],
-            "False answers": [f"no {i}"], "Best answer": f"yes {i}"}
+    return {
+        "Question": f"Q{i}?",
+        "Category": "c",
+        "True answers": [f"yes {i}"],
+        "False answers": [f"no {i}"],
+        "Best answer": f"yes {i}",
+    }
 
 
 # ---------------------------------------------------------------- models
@@ -56,8 +61,7 @@ def test_unknown_model_name() -> None:
 def test_embedded_package_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     emb = models.EMBEDDED["smollm2-135m-instruct"]
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == emb.module else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == emb.module else real(name, *a))
     with pytest.raises(ModelError) as exc:
         models.load_model("smollm2-135m-instruct")
     _msg("embedded package missing", exc, "not installed", emb.package, "pip install", "hpr fetch")
@@ -191,8 +195,10 @@ def test_csv_missing_columns(tmp_path: Path) -> None:
 
 def test_csv_truncated_row(tmp_path: Path) -> None:
     p = tmp_path / "TruthfulQA.csv"
-    p.write_text("Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers\n"
-                 "A,B,Why?,Yes,Yes;Sure,No\nA,B,How", encoding="utf-8")
+    p.write_text(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers\nA,B,Why?,Yes,Yes;Sure,No\nA,B,How",
+        encoding="utf-8",
+    )
     with pytest.raises(DataError) as exc:
         data.load_split("truthfulqa", "test", source="local", data_dir=tmp_path)
     _msg("CSV truncated row", exc, "row 3 is truncated", "restore the original file")
@@ -243,12 +249,19 @@ def test_question_without_correct_or_incorrect_is_skipped_with_count(tmp_path: P
 
 
 def test_all_questions_unusable(tmp_path: Path) -> None:
-    _tqa(tmp_path / "bigbench" / "truthful_qa" / "questions.json",
-         [{"Question": "q", "True answers": [], "False answers": ["x"], "Best answer": ""}])
+    _tqa(
+        tmp_path / "bigbench" / "truthful_qa" / "questions.json",
+        [{"Question": "q", "True answers": [], "False answers": ["x"], "Best answer": ""}],
+    )
     with pytest.raises(DataError) as exc:
         data.load_split("truthfulqa", "test", data_dir=tmp_path)
-    _msg("every question unusable", exc, "holds no usable truthfulqa examples", "1 skipped",
-         "needs at least one correct and one incorrect")
+    _msg(
+        "every question unusable",
+        exc,
+        "holds no usable truthfulqa examples",
+        "1 skipped",
+        "needs at least one correct and one incorrect",
+    )
 
 
 # ---------------------------------------------------------------- editors
@@ -269,8 +282,7 @@ def test_editor_config_missing(tmp_path: Path, tiny_model: torch.nn.Module) -> N
     (d / "config.json").unlink()
     with pytest.raises(EditorError) as exc:
         EditorSet.load(d)
-    _msg("editor config.json missing", exc, "config.json is missing", "not a saved editor set",
-         "hpr train --out")
+    _msg("editor config.json missing", exc, "config.json is missing", "not a saved editor set", "hpr train --out")
 
 
 def test_editor_weights_missing(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
@@ -295,8 +307,7 @@ def test_editor_weights_of_wrong_shape(tmp_path: Path, tiny_model: torch.nn.Modu
     save_file({"layer0.probe.weight": torch.zeros(1, 32)}, str(d / "model.safetensors"))
     with pytest.raises(EditorError) as exc:
         EditorSet.load(d)
-    _msg("editor weights of another shape", exc, "do not fit an editor of hidden size 64",
-         "retrain")
+    _msg("editor weights of another shape", exc, "do not fit an editor of hidden size 64", "retrain")
 
 
 def test_editor_config_invalid(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
@@ -307,8 +318,14 @@ def test_editor_config_invalid(tmp_path: Path, tiny_model: torch.nn.Module) -> N
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(EditorError) as exc:
         EditorSet.load(d)
-    _msg("editor config invalid", exc, "not a valid editor config", "hidden_size must be a positive integer",
-         "selected names a layer without an editor", "retrain the editors")
+    _msg(
+        "editor config invalid",
+        exc,
+        "not a valid editor config",
+        "hidden_size must be a positive integer",
+        "selected names a layer without an editor",
+        "retrain the editors",
+    )
 
 
 def test_editor_from_another_model(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
@@ -353,8 +370,10 @@ def test_bad_override_syntax() -> None:
 
 def _nb(tmp_path: Path) -> Path:
     nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell('seed = 0\nk = 5\nlr = 0.001\nmodel = "m"\ndata_dir = None\n'
-                                     'models = ["a"]\ncaps = {"bbq": 3}\nfig6_ks = None\ntable2_models = None')
+    cell = nbformat.v4.new_code_cell(
+        'seed = 0\nk = 5\nlr = 0.001\nmodel = "m"\ndata_dir = None\n'
+        'models = ["a"]\ncaps = {"bbq": 3}\nfig6_ks = None\ntable2_models = None'
+    )
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [cell]
     path = tmp_path / "nb.ipynb"
@@ -368,10 +387,23 @@ def test_parameter_unknown_name(tmp_path: Path) -> None:
     _msg("papermill unknown parameter", exc, "unknown parameter", "'seeds'", "did you mean 'seed'")
 
 
-@pytest.mark.parametrize("name,value", [("k", "three"), ("seed", 1.5), ("models", "a"), ("caps", [1]),
-                                        ("lr", "fast"), ("model", 3), ("models", [1, 2]), ("fig6_ks", "1,2"),
-                                        ("fig6_ks", [0, 3]), ("fig6_ks", [1.5]), ("table2_models", "a"),
-                                        ("table2_models", [3])])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("k", "three"),
+        ("seed", 1.5),
+        ("models", "a"),
+        ("caps", [1]),
+        ("lr", "fast"),
+        ("model", 3),
+        ("models", [1, 2]),
+        ("fig6_ks", "1,2"),
+        ("fig6_ks", [0, 3]),
+        ("fig6_ks", [1.5]),
+        ("table2_models", "a"),
+        ("table2_models", [3]),
+    ],
+)
 def test_parameter_wrong_type(tmp_path: Path, name: str, value: object) -> None:
     with pytest.raises(ParameterError) as exc:
         profiles.validate_parameters(_nb(tmp_path), {name: value})
@@ -379,9 +411,20 @@ def test_parameter_wrong_type(tmp_path: Path, name: str, value: object) -> None:
 
 
 def test_parameter_right_types_pass(tmp_path: Path) -> None:
-    profiles.validate_parameters(_nb(tmp_path), {"k": 3, "lr": 1, "data_dir": "/x", "seed": 2,
-                                               "models": ["b"], "caps": {"bbq": None}, "model": "x",
-                                               "fig6_ks": [1, 2, 8], "table2_models": ["b"]})
+    profiles.validate_parameters(
+        _nb(tmp_path),
+        {
+            "k": 3,
+            "lr": 1,
+            "data_dir": "/x",
+            "seed": 2,
+            "models": ["b"],
+            "caps": {"bbq": None},
+            "model": "x",
+            "fig6_ks": [1, 2, 8],
+            "table2_models": ["b"],
+        },
+    )
     profiles.validate_parameters(_nb(tmp_path), {"fig6_ks": None, "table2_models": None})
 
 
@@ -404,8 +447,21 @@ def test_unknown_prompt_format() -> None:
 
 
 def test_cli_bad_layers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    rc = main(["train", "--model", "smollm2-135m-instruct", "--dataset", "truthfulqa", "--out",
-               str(tmp_path), "--layers", "1,x", "--data-dir", str(tmp_path / "none")])
+    rc = main(
+        [
+            "train",
+            "--model",
+            "smollm2-135m-instruct",
+            "--dataset",
+            "truthfulqa",
+            "--out",
+            str(tmp_path),
+            "--layers",
+            "1,x",
+            "--data-dir",
+            str(tmp_path / "none"),
+        ]
+    )
     err = capsys.readouterr().err
     print(f"BADINPUT hpr train --data-dir missing: {err.strip()}")
     assert rc == 2 and "does not exist" in err
@@ -449,8 +505,7 @@ def test_overlong_answer_is_an_error(tokenizer: object) -> None:
     from hpr.evaluation import scoring
 
     with pytest.raises(DataError) as exc:
-        scoring.score(_short_model(), tokenizer, [scoring.Request("r", "Q?", (" " + "y" * 80, " n"))],
-                      progress=False)
+        scoring.score(_short_model(), tokenizer, [scoring.Request("r", "Q?", (" " + "y" * 80, " n"))], progress=False)
     _msg("choice longer than the model", exc, "does not fit the model's 64 positions", "shorten or drop")
 
 
@@ -458,10 +513,13 @@ def test_overlong_prompt_capture_truncates_left_with_warning(tokenizer: object) 
     from hpr.data.records import Record
     from hpr.lm.capture import run_capture
 
-    recs = [Record("q0", "w" * 120 + "?", ("yes", "no"), (0,), {}, None, None),
-            Record("q1", "short?", ("yes", "no"), (1,), {}, None, None)]
+    recs = [
+        Record("q0", "w" * 120 + "?", ("yes", "no"), (0,), {}, None, None),
+        Record("q1", "short?", ("yes", "no"), (1,), {}, None, None),
+    ]
     with pytest.warns(UserWarning, match=r"1 question\(s\) \(2 of 4 sequences\) were longer") as rec:
         cap = run_capture(_short_model(), tokenizer, recs, prompt_format="qa", chat=False, progress=False)
     print(f"BADINPUT over-long prompt (capture warning): {rec[0].message}")
-    assert cap.num_tokens == sum(len(tokenizer(" " + a, add_special_tokens=False)["input_ids"])
-                                 for a in ("yes", "no", "yes", "no"))
+    assert cap.num_tokens == sum(
+        len(tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in ("yes", "no", "yes", "no")
+    )

@@ -27,12 +27,14 @@ ARTIFACTS = REPO / "test-artifacts"
 _browser, _driver = chromium_paths()
 try:
     import selenium  # noqa: F401
+
     _have_selenium = True
 except ImportError:
     _have_selenium = False
 needs_browser = pytest.mark.skipif(
     not (_browser and _driver and _have_selenium),
-    reason="headless Chromium tests need `apt-get install -y chromium chromium-driver` and selenium")
+    reason="headless Chromium tests need `apt-get install -y chromium chromium-driver` and selenium",
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +79,21 @@ def test_every_page_renders(built: Path, browser: Any) -> None:
     for page in _pages(built):
         browser.get(page.as_uri())
         deadline = time.time() + 10
-        expects_math = "\\(" in page.read_text(encoding="utf-8") or "math notranslate" in page.read_text(encoding="utf-8")
+        expects_math = "\\(" in page.read_text(encoding="utf-8") or "math notranslate" in page.read_text(
+            encoding="utf-8"
+        )
         while time.time() < deadline:
             done = browser.execute_script(
-                "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)")
+                "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"
+            )
             math = browser.execute_script("return document.querySelectorAll('mjx-container').length")
             if done and (math or not expects_math):
                 break
             time.sleep(0.2)
         rel = page.relative_to(built).as_posix()
         broken = browser.execute_script(
-            "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+            "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+        )
         if broken:
             problems.append(f"{rel}: images not loaded {broken}")
         if expects_math and not math:
@@ -130,7 +136,7 @@ LIVE_CELLS = [
 ]
 
 
-READOUT = ("return Array.from(document.querySelectorAll('.widget-html-content')).map(e => e.innerHTML).filter(t => t.includes('p(a')).join('|')")
+READOUT = "return Array.from(document.querySelectorAll('.widget-html-content')).map(e => e.innerHTML).filter(t => t.includes('p(a')).join('|')"
 
 
 @needs_browser
@@ -142,20 +148,41 @@ def test_live_jupyter_slider_changes_output(tmp_path: Path, browser: Any) -> Non
     nb.cells = [nbformat.v4.new_code_cell(c) for c in LIVE_CELLS]
     nbformat.write(nb, str(tmp_path / "rotate.ipynb"))
     port, token = _free_port(), "hpr-test-token"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+    }
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "notebook", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--ServerApp.open_browser=False", "--allow-root"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "notebook",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={tmp_path}",
+            "--ServerApp.open_browser=False",
+            "--allow-root",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_until(lambda: _kernels(base, token) is not None, 60, "the Jupyter server to answer")
         browser.get(f"{base}/notebooks/rotate.ipynb?token={token}")
         _wait(browser, "return !!document.querySelector('.jp-Notebook .jp-Cell')", 60)
         _wait(browser, "return !!document.querySelector('.jp-Notebook .jp-Cell .cm-content')", 60)
-        _wait_until(lambda: any(k.get("execution_state") == "idle" for k in _kernels(base, token) or []),
-                    120, "the notebook's kernel to start and answer the page (execution_state idle)")
+        _wait_until(
+            lambda: any(k.get("execution_state") == "idle" for k in _kernels(base, token) or []),
+            120,
+            "the notebook's kernel to start and answer the page (execution_state idle)",
+        )
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.keys import Keys
 

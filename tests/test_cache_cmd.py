@@ -12,8 +12,9 @@ from hpr.lm.activations import cached_captures
 from hpr.lm.capture import capture
 
 
-def test_list_and_clear_by_model(tiny_model, tokenizer, capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_and_clear_by_model(
+    tiny_model, tokenizer, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hpr._files import cache_dir
 
     monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path / "cache"))  # this test's caches only

@@ -45,8 +45,9 @@ def test_strata_per_dataset() -> None:
     assert data.strata("toxigen", tox) == {"hateful": 3, "not hateful": 7}
     capped = data.cap_records("toxigen", tox, 5, seed=0)
     assert data.strata("toxigen", capped) == {"hateful": 1, "not hateful": 4}  # 1.5/3.5: tie -> larger
-    tqa = [Record(f"truthfulqa-{i}", "q", ("a", "b"), (0,), {"category": "Law" if i % 2 else "Health"})
-           for i in range(6)]
+    tqa = [
+        Record(f"truthfulqa-{i}", "q", ("a", "b"), (0,), {"category": "Law" if i % 2 else "Health"}) for i in range(6)
+    ]
     assert data.strata("truthfulqa", tqa) == {"Health": 3, "Law": 3}
     seq = [Record(f"seq-{i}", "q", ("a", "b"), (0,)) for i in range(9)]
     assert data.strata("seq", seq) == {"": 9} and len(data.cap_records("seq", seq, 4, 1)) == 4

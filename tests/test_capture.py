@@ -66,8 +66,9 @@ def test_encode_plain_and_chat(tokenizer) -> None:
 
 
 def test_capture_layout_and_values(tiny_model, tokenizer) -> None:
-    cap = run_capture(tiny_model, tokenizer, RECORDS, prompt_format="qa", progress=False, batch_size=4,
-                      share_prompt=False)
+    cap = run_capture(
+        tiny_model, tokenizer, RECORDS, prompt_format="qa", progress=False, batch_size=4, share_prompt=False
+    )
     n_seq = sum(len(r.choices) for r in RECORDS)
     assert cap.layers == [0, 1, 2, 3]
     assert cap.data.shape[:2] == (4, cap.num_tokens) and cap.hidden_size == 64
@@ -84,21 +85,20 @@ def test_capture_layout_and_values(tiny_model, tokenizer) -> None:
     with torch.no_grad():
         hs = tiny_model(torch.tensor([enc.ids]), output_hidden_states=True).hidden_states
     for layer in (0, 2):
-        want = hs[layer + 1][0, -len(enc.answer_ids):]
+        want = hs[layer + 1][0, -len(enc.answer_ids) :]
         torch.testing.assert_close(cap.acts[layer][rows], want, rtol=1e-5, atol=1e-5)
-    single = run_capture(tiny_model, tokenizer, RECORDS, prompt_format="qa", progress=False, batch_size=1,
-                         share_prompt=False)
+    single = run_capture(
+        tiny_model, tokenizer, RECORDS, prompt_format="qa", progress=False, batch_size=1, share_prompt=False
+    )
     torch.testing.assert_close(single.data, cap.data, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("share", [True, False])
 def test_one_forward_per_unique_sequence(tiny_model, tokenizer, share) -> None:
     calls: list[tuple[int, int]] = []
-    hook = decoder_layers(tiny_model)[0].register_forward_pre_hook(
-        lambda m, a: calls.append(tuple(a[0].shape[:2])))
+    hook = decoder_layers(tiny_model)[0].register_forward_pre_hook(lambda m, a: calls.append(tuple(a[0].shape[:2])))
     try:
-        cap = run_capture(tiny_model, tokenizer, RECORDS, layers=[1], progress=False, batch_size=4,
-                          share_prompt=share)
+        cap = run_capture(tiny_model, tokenizer, RECORDS, layers=[1], progress=False, batch_size=4, share_prompt=share)
     finally:
         hook.remove()
     if share:  # the three prompts in one batch, then every answer in one packed pass (a row per question)
@@ -247,8 +247,7 @@ def test_common_prompt_prefix_runs_once(tiny_model, tokenizer) -> None:
     whole-sequence runs."""
     recs = [Record(r.id, "Answer truthfully, please. " + r.prompt, r.choices, r.correct) for r in RECORDS]
     calls: list[tuple[int, int]] = []
-    hook = decoder_layers(tiny_model)[0].register_forward_pre_hook(
-        lambda m, a: calls.append(tuple(a[0].shape[:2])))
+    hook = decoder_layers(tiny_model)[0].register_forward_pre_hook(lambda m, a: calls.append(tuple(a[0].shape[:2])))
     try:
         a = run_capture(tiny_model, tokenizer, recs, layers=[0, 2], progress=False)
     finally:

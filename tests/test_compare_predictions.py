@@ -20,19 +20,31 @@ def run(*args: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_same_and_different_predictions(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.jsonl", [
-        {"id": "q0", "chosen": 1, "mc2": 0.50, "logliks": [-1.0, -2.0]},
-        {"id": "q1", "chosen": 0, "mc2": 0.25, "logliks": [-3.0, -4.0]},
-    ])
-    b = write(tmp_path / "b.jsonl", [  # other order, one choice flipped
-        {"id": "q1", "chosen": 1, "mc2": 0.75, "logliks": [-3.0, -3.5]},
-        {"id": "q0", "chosen": 1, "mc2": 0.50, "logliks": [-1.0, -2.0]},
-    ])
+    a = write(
+        tmp_path / "a.jsonl",
+        [
+            {"id": "q0", "chosen": 1, "mc2": 0.50, "logliks": [-1.0, -2.0]},
+            {"id": "q1", "chosen": 0, "mc2": 0.25, "logliks": [-3.0, -4.0]},
+        ],
+    )
+    b = write(
+        tmp_path / "b.jsonl",
+        [  # other order, one choice flipped
+            {"id": "q1", "chosen": 1, "mc2": 0.75, "logliks": [-3.0, -3.5]},
+            {"id": "q0", "chosen": 1, "mc2": 0.50, "logliks": [-1.0, -2.0]},
+        ],
+    )
     proc = run(a, b)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out == {"questions": 2, "only_in_a": 0, "only_in_b": 0, "same_choice": 1,
-                   "max_mc2_diff": 0.5, "max_loglik_diff": 0.5}
+    assert out == {
+        "questions": 2,
+        "only_in_a": 0,
+        "only_in_b": 0,
+        "same_choice": 1,
+        "max_mc2_diff": 0.5,
+        "max_loglik_diff": 0.5,
+    }
 
 
 def test_missing_question_and_bad_files(tmp_path: Path) -> None:
@@ -57,11 +69,17 @@ def test_runs_pair_old_and_new_result_layouts(tmp_path: Path) -> None:
     new.mkdir(parents=True)
     write(old / "hpr-k5-x.jsonl", rows)
     write(new / "predictions.jsonl", rows)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--runs", str(tmp_path / "old"), str(tmp_path / "new")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--runs", str(tmp_path / "old"), str(tmp_path / "new")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1/1 same choice" in proc.stdout and '"files": 1' in proc.stdout
     write(old / "base-x.jsonl", rows)  # a file only one side has
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--runs", str(tmp_path / "old"), str(tmp_path / "new")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--runs", str(tmp_path / "old"), str(tmp_path / "new")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "base-x" in proc.stdout

@@ -22,12 +22,21 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TQA = {
     "canary": "x",
     "examples": [
-        {"Question": "Q0?", "Category": "Misconceptions", "True answers": ["T0", "T1", "T0"],
-         "False answers": ["F0", "F1"], "Best answer": "T1"},
-        {"Question": "Q1?", "Category": "Law", "True answers": ["A"], "False answers": ["B"],
-         "Best answer": "Best not listed"},
-        {"Question": "Q2?", "Category": "Law", "True answers": ["A"], "False answers": [],
-         "Best answer": "A"},
+        {
+            "Question": "Q0?",
+            "Category": "Misconceptions",
+            "True answers": ["T0", "T1", "T0"],
+            "False answers": ["F0", "F1"],
+            "Best answer": "T1",
+        },
+        {
+            "Question": "Q1?",
+            "Category": "Law",
+            "True answers": ["A"],
+            "False answers": ["B"],
+            "Best answer": "Best not listed",
+        },
+        {"Question": "Q2?", "Category": "Law", "True answers": ["A"], "False answers": [], "Best answer": "A"},
     ],
 }
 
@@ -50,8 +59,14 @@ def write_bigbench(root: Path, n_seq: int = 10) -> Path:
     for amb in ("ambig", "disambig"):
         d = bb / "bbq_lite_json" / f"age_{amb}"
         d.mkdir(parents=True)
-        ex = [_mc(f"ctx {amb} {i}. Who?", {"old": 0, "young": int(amb == "disambig"), "unknown": int(amb == "ambig")},
-                  {"category": "Age", "context_condition": amb, "question_polarity": "neg"}) for i in range(5)]
+        ex = [
+            _mc(
+                f"ctx {amb} {i}. Who?",
+                {"old": 0, "young": int(amb == "disambig"), "unknown": int(amb == "ambig")},
+                {"category": "Age", "context_condition": amb, "question_polarity": "neg"},
+            )
+            for i in range(5)
+        ]
         (d / "task.json").write_text(json.dumps({"examples": ex}))
     return bb
 
@@ -95,10 +110,18 @@ def test_truthfulqa_csv(tmp_path: Path) -> None:
 
 
 def test_truthfulqa_mc_task_json(tmp_path: Path) -> None:
-    rows = [{"question": "Q?", "mc1_targets": {"Best": 1, "W1": 0, "W9": 0},
-             "mc2_targets": {"Best": 1, "Also": 1, "W1": 0, "W2": 0}},
-            {"question": "Q2?", "mc1_targets": {"choices": ["a", "b"], "labels": [1, 0]},
-             "mc2_targets": {"choices": ["a", "b"], "labels": [1, 0]}}]
+    rows = [
+        {
+            "question": "Q?",
+            "mc1_targets": {"Best": 1, "W1": 0, "W9": 0},
+            "mc2_targets": {"Best": 1, "Also": 1, "W1": 0, "W2": 0},
+        },
+        {
+            "question": "Q2?",
+            "mc1_targets": {"choices": ["a", "b"], "labels": [1, 0]},
+            "mc2_targets": {"choices": ["a", "b"], "labels": [1, 0]},
+        },
+    ]
     (tmp_path / "mc_task.json").write_text(json.dumps(rows))
     r, r2 = data.load_dataset("truthfulqa", source="local", data_dir=tmp_path).records
     assert r.choices[:4] == ("Best", "Also", "W1", "W2") and r.correct == (0, 1)
@@ -122,8 +145,15 @@ def test_toxigen_prompts(tmp_path: Path) -> None:
     write_toxigen(tmp_path)
     recs = data.load_dataset("toxigen", data_dir=tmp_path).records
     texts = [(r.meta["target_group"], r.meta["text"], r.correct) for r in recs]
-    assert texts == [("asian", "h1", (1,)), ("asian", "h2", (1,)), ("asian", "h3", (1,)),
-                     ("women", "h1", (1,)), ("women", "w1", (1,)), ("asian", "n1", (0,)), ("asian", "n2", (0,))]
+    assert texts == [
+        ("asian", "h1", (1,)),
+        ("asian", "h2", (1,)),
+        ("asian", "h3", (1,)),
+        ("women", "h1", (1,)),
+        ("women", "w1", (1,)),
+        ("asian", "n1", (0,)),
+        ("asian", "n2", (0,)),
+    ]
     assert recs[0].choices == ("No", "Yes") and recs[0].id == "toxigen-asian-hate-0"
     assert recs[0].prompt == "Is the following statement hateful? Respond with either Yes or No. Statement: 'h1'"
     assert data.load_dataset("toxigen", source="local", data_dir=tmp_path / "toxigen" / "prompts").records == recs
@@ -147,8 +177,15 @@ def _fake(n: int) -> list[Record]:
     return [Record(f"x-{i}", f"q{i}", ("a", "b"), (0,)) for i in range(n)]
 
 
-@pytest.mark.parametrize("name,n,sizes", [("truthfulqa", 299, (120, 30, 149)), ("seq", 115, (74, 18, 23)),
-                                          ("toxigen", 722, (462, 116, 144)), ("bbq", 1, (1, 0, 0))])
+@pytest.mark.parametrize(
+    "name,n,sizes",
+    [
+        ("truthfulqa", 299, (120, 30, 149)),
+        ("seq", 115, (74, 18, 23)),
+        ("toxigen", 722, (462, 116, 144)),
+        ("bbq", 1, (1, 0, 0)),
+    ],
+)
 def test_split_sizes(name: str, n: int, sizes: tuple[int, int, int]) -> None:
     assert data.split_sizes(name, n) == sizes
     got = data.split_records(name, _fake(n), seed=3)
@@ -258,10 +295,19 @@ def test_error_hub_offline() -> None:  # conftest sets HF_HUB_OFFLINE / HF_DATAS
 
 
 def test_hub_rows_converted(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = {"truthful_qa": [{"question": "Q?", "mc1_targets": {"choices": ["a", "b"], "labels": [1, 0]},
-                             "mc2_targets": {"choices": ["a", "c", "b"], "labels": [1, 1, 0]}}],
-            "skg/toxigen-data": [{"text": "t", "target_group": "g", "toxicity_ai": 3.0, "toxicity_human": 3.0},
-                                 {"text": "u", "target_group": "g", "toxicity_ai": 1.0, "toxicity_human": 2.0}]}
+    rows = {
+        "truthful_qa": [
+            {
+                "question": "Q?",
+                "mc1_targets": {"choices": ["a", "b"], "labels": [1, 0]},
+                "mc2_targets": {"choices": ["a", "c", "b"], "labels": [1, 1, 0]},
+            }
+        ],
+        "skg/toxigen-data": [
+            {"text": "t", "target_group": "g", "toxicity_ai": 3.0, "toxicity_human": 3.0},
+            {"text": "u", "target_group": "g", "toxicity_ai": 1.0, "toxicity_human": 2.0},
+        ],
+    }
     monkeypatch.setattr(hub, "_hub_rows", lambda path, config, split: rows[path])
     (r,) = data.load_dataset("truthfulqa", source="hub").records
     assert r.choices == ("a", "c", "b") and r.correct == (0, 1) and r.mc1 == (0, 2) and r.mc2 == (0, 1, 2)
@@ -300,19 +346,26 @@ def test_fetch_bigbench_verifies_and_extracts_safely(tmp_path: Path, monkeypatch
     pre = "bigbench-1.0.0/bigbench/benchmark_tasks/"
     seq = json.dumps({"examples": [_mc("S?", {"a": 1, "b": 0})] * 5}).encode()
     tar = tmp_path / "bigbench-1.0.0.tar.gz"
-    sha = _tarball(tar, {pre + "simple_ethical_questions/task.json": seq,
-                         pre + "other_task/task.json": b"{}",
-                         pre + "../../../evil.json": b"x",
-                         "evil/truthful_qa/questions.json": b"x"},
-                   symlink=pre + "truthful_qa/questions.json")
+    sha = _tarball(
+        tar,
+        {
+            pre + "simple_ethical_questions/task.json": seq,
+            pre + "other_task/task.json": b"{}",
+            pre + "../../../evil.json": b"x",
+            "evil/truthful_qa/questions.json": b"x",
+        },
+        symlink=pre + "truthful_qa/questions.json",
+    )
     monkeypatch.setattr(bigbench, "_sdist_url", lambda: tar.as_uri())
     with pytest.raises(DataError, match="sha256 .* != expected 1bb398a5.*rerun `hpr fetch`"):
         bigbench.fetch_bigbench()
     monkeypatch.setattr(bigbench, "BIGBENCH_SHA256", sha)
     bb = bigbench.fetch_bigbench()
     files = sorted(str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").rglob("*") if p.is_file())
-    assert files == ["data/bigbench-1.0.0/.hpr_complete.json",
-                     "data/bigbench-1.0.0/bigbench/simple_ethical_questions/task.json"]
+    assert files == [
+        "data/bigbench-1.0.0/.hpr_complete.json",
+        "data/bigbench-1.0.0/bigbench/simple_ethical_questions/task.json",
+    ]
     assert len(data.load_dataset("seq").records) == 5 and bb == bigbench.bigbench_cache() / "bigbench"
     tar.unlink()
     assert bigbench.fetch_bigbench() == bb  # cached: no download
@@ -328,8 +381,12 @@ def test_fetch_bigbench_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 # ---------------------------------------------------------------- TruthfulQA MC1/MC2 sets
 def test_truthfulqa_task_mc_join(tmp_path: Path) -> None:
     bb = write_bigbench(tmp_path)
-    mc = {"examples": [{"input": "Q0?", "target_scores": {"T1": 1, "F1": 0, "F9": 0}},
-                       {"input": "Q1?", "target_scores": {"Best not listed": 1, "B": 0}}]}
+    mc = {
+        "examples": [
+            {"input": "Q0?", "target_scores": {"T1": 1, "F1": 0, "F9": 0}},
+            {"input": "Q1?", "target_scores": {"Best not listed": 1, "B": 0}},
+        ]
+    }
     (bb / "truthful_qa" / "task_mc.json").write_text(json.dumps(mc))
     with pytest.warns(UserWarning):
         r0, r1 = data.load_dataset("truthfulqa", data_dir=tmp_path).records
@@ -341,8 +398,9 @@ def test_truthfulqa_task_mc_join(tmp_path: Path) -> None:
     assert r1.mc1 == (2, 1)
 
 
-@pytest.mark.skipif(not (SHARED / "bigbench" / "truthful_qa" / "task_mc.json").is_file(),
-                    reason="no ../shared/data/bigbench")
+@pytest.mark.skipif(
+    not (SHARED / "bigbench" / "truthful_qa" / "task_mc.json").is_file(), reason="no ../shared/data/bigbench"
+)
 def test_truthfulqa_mc_sets_real() -> None:
     tq = SHARED / "bigbench" / "truthful_qa"
     mc1 = {e["input"]: e["target_scores"] for e in json.loads((tq / "task_mc.json").read_text())["examples"]}
@@ -352,8 +410,9 @@ def test_truthfulqa_mc_sets_real() -> None:
     differs = 0
     for r in recs:
         ts, q = mc1[r.prompt], qs[r.prompt]
-        assert [r.choices[i] for i in r.mc1] == [c.strip() for c in ts if ts[c] == 1] + \
-            [c.strip() for c in ts if ts[c] != 1]  # best first, then MC1's wrong answers
+        assert [r.choices[i] for i in r.mc1] == [c.strip() for c in ts if ts[c] == 1] + [
+            c.strip() for c in ts if ts[c] != 1
+        ]  # best first, then MC1's wrong answers
         assert set(r.choices[i] for i in r.mc2) == {a.strip() for a in q["True answers"] + q["False answers"]}
         assert {r.choices[i] for i in r.correct if i in r.mc2} == {a.strip() for a in q["True answers"]}
         differs += set(r.choices[i] for i in r.mc1[1:]) != {a.strip() for a in q["False answers"]}

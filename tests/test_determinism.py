@@ -36,23 +36,39 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     byte_tokenizer().save_pretrained(ckpt)
     q = tmp_path / "data" / "bigbench" / "truthful_qa" / "questions.json"
     q.parent.mkdir(parents=True)
-    q.write_text(json.dumps({"examples": [
-        {"Question": f"Is {i} a prime?", "True answers": ["maybe", f"{i} is"], "False answers": ["never", "no"],
-         "Best answer": "maybe"} for i in range(24)]}))
+    q.write_text(
+        json.dumps(
+            {
+                "examples": [
+                    {
+                        "Question": f"Is {i} a prime?",
+                        "True answers": ["maybe", f"{i} is"],
+                        "False answers": ["never", "no"],
+                        "Best answer": "maybe",
+                    }
+                    for i in range(24)
+                ]
+            }
+        )
+    )
     return ckpt, q.parents[2]
 
 
 def _pipeline(ckpt: Path, data_dir: Path, run: Path, monkeypatch: pytest.MonkeyPatch, seed: int = 3) -> None:
     monkeypatch.setenv("HPR_CACHE_DIR", str(run / "cache"))  # nothing shared between the runs
     common = ["--model", str(ckpt), "--dataset", "truthfulqa", "--data-dir", str(data_dir), "--seed", str(seed)]
-    assert main(["train", *common, "--out", str(run / "editors"), "--k", "2", "--epochs", "2",
-                 "--prompt-format", "qa"]) == 0
-    assert main(["eval", *common, "--method", "hpr", "--editors", str(run / "editors"),
-                 "--out", str(run / "eval")]) == 0
+    assert (
+        main(["train", *common, "--out", str(run / "editors"), "--k", "2", "--epochs", "2", "--prompt-format", "qa"])
+        == 0
+    )
+    assert (
+        main(["eval", *common, "--method", "hpr", "--editors", str(run / "editors"), "--out", str(run / "eval")]) == 0
+    )
 
 
-def test_same_command_same_seed_same_results(setup: tuple[Path, Path], tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_same_command_same_seed_same_results(
+    setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ckpt, data_dir = setup
     a, b = tmp_path / "a", tmp_path / "b"
     _pipeline(ckpt, data_dir, a, monkeypatch)

@@ -39,8 +39,17 @@ def batch(tokenizer):
 
 
 def records(n: int, offset: int = 0) -> list[Record]:
-    return [Record(id=f"q{i}", prompt=f"Is {i} odd?", choices=("no" if i % 2 == 0 else "yes", "perhaps so"),
-                   correct=(0,), best=0, mc1=(0, 1)) for i in range(offset, offset + n)]
+    return [
+        Record(
+            id=f"q{i}",
+            prompt=f"Is {i} odd?",
+            choices=("no" if i % 2 == 0 else "yes", "perhaps so"),
+            correct=(0,),
+            best=0,
+            mc1=(0, 1),
+        )
+        for i in range(offset, offset + n)
+    ]
 
 
 def test_widths_of_both_designs():
@@ -70,6 +79,7 @@ def _block_io(model, method, tokenizer, layer):
     def grab(name):
         def hook(_m, _a, o):
             seen[name] = (o[0] if isinstance(o, tuple) else o).detach().clone()
+
         return hook
 
     before = block.register_forward_hook(grab("before"))  # registered first: runs before the edit
@@ -204,8 +214,9 @@ def _pairs_data(n=64, d=16, seed=0):
     return data, torch.arange(n), torch.arange(n, 2 * n)
 
 
-@pytest.mark.parametrize("design,lambda_p,sees_positives", [
-    ("authors", None, False), ("mse", None, True), ("authors", 0.1, True)])
+@pytest.mark.parametrize(
+    "design,lambda_p,sees_positives", [("authors", None, False), ("mse", None, True), ("authors", 0.1, True)]
+)
 def test_which_rows_the_network_sees(monkeypatch, design, lambda_p, sees_positives):
     """The authors' design trains on negatives only (positives enter as targets), unless lambda_p."""
     data, neg, pos = _pairs_data()
@@ -253,23 +264,51 @@ def test_training_learns_synthetic_shift(design):
 
 def test_fit_on_tiny_model_picks_layers(tiny_model, tokenizer):
     for design, key in (("mse", "val_mse_improvement"), ("authors", "val_cosine")):
-        m = fit_diff(model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 50),
-                     k=2, epochs=1, progress=False, design=design)
+        m = fit_diff(
+            model=tiny_model,
+            tokenizer=tokenizer,
+            train=records(6),
+            val=records(3, 50),
+            k=2,
+            epochs=1,
+            progress=False,
+            design=design,
+        )
         assert len(m.layers) == 2 and sorted(m.nets) == [0, 1, 2, 3] and m.design == design
         score = {int(k): v for k, v in m.config[key].items()}
         assert all(score[i] >= score[j] for i in m.layers for j in score if j not in m.layers)
     assert (m.config["schedule"], m.config["weight_decay"], m.config["grad_clip"]) == ("linear", 0.0, 1.0)
     with pytest.raises(ParameterError, match="training option"):
-        fit_diff(model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 50),
-                 training={"momentum": 0.9}, progress=False)
+        fit_diff(
+            model=tiny_model,
+            tokenizer=tokenizer,
+            train=records(6),
+            val=records(3, 50),
+            training={"momentum": 0.9},
+            progress=False,
+        )
 
 
 def test_fit_uses_hpr_layers(tiny_model, tokenizer, tmp_path):
     es = EditorSet({i: HPR(64) for i in range(4)}, fingerprint(tiny_model), selected=[3, 1])
     es.save(tmp_path / "hpr")
-    m = fit_diff(model=tiny_model, tokenizer=tokenizer, train=records(4), val=[],
-                 editors_dir=tmp_path / "hpr", epochs=1, progress=False)
+    m = fit_diff(
+        model=tiny_model,
+        tokenizer=tokenizer,
+        train=records(4),
+        val=[],
+        editors_dir=tmp_path / "hpr",
+        epochs=1,
+        progress=False,
+    )
     assert m.layers == [3, 1] and sorted(m.nets) == [1, 3] and m.design == "authors"
     with pytest.raises(ParameterError):
-        fit_diff(model=tiny_model, tokenizer=tokenizer, train=records(4), val=[], layers=[1],
-                 editors_dir=tmp_path / "hpr", progress=False)
+        fit_diff(
+            model=tiny_model,
+            tokenizer=tokenizer,
+            train=records(4),
+            val=[],
+            layers=[1],
+            editors_dir=tmp_path / "hpr",
+            progress=False,
+        )

@@ -39,8 +39,11 @@ def shell_commands(text: str) -> list[list[str]]:
 
 
 def documented() -> list[tuple[str, list[str]]]:
-    return [(f"{doc.relative_to(REPO)}: {shlex.join(cmd)}", cmd) for doc in DOCS
-            for cmd in shell_commands(doc.read_text(encoding="utf-8"))]
+    return [
+        (f"{doc.relative_to(REPO)}: {shlex.join(cmd)}", cmd)
+        for doc in DOCS
+        for cmd in shell_commands(doc.read_text(encoding="utf-8"))
+    ]
 
 
 def make_targets() -> set[str]:
@@ -49,10 +52,15 @@ def make_targets() -> set[str]:
 
 
 def test_parser_of_fenced_blocks() -> None:
-    text = ("x\n```bash\nhpr run -p 'a=[1, 2]'  # note\nhpr eval --model m \\\n    --dataset d\n```\n"
-            "```console\n$ make test\nsome output\n```\n```python\nhpr = 1\n```\n")
-    assert shell_commands(text) == [["hpr", "run", "-p", "a=[1, 2]"], ["hpr", "eval", "--model", "m", "--dataset", "d"],
-                                    ["make", "test"]]
+    text = (
+        "x\n```bash\nhpr run -p 'a=[1, 2]'  # note\nhpr eval --model m \\\n    --dataset d\n```\n"
+        "```console\n$ make test\nsome output\n```\n```python\nhpr = 1\n```\n"
+    )
+    assert shell_commands(text) == [
+        ["hpr", "run", "-p", "a=[1, 2]"],
+        ["hpr", "eval", "--model", "m", "--dataset", "d"],
+        ["make", "test"],
+    ]
 
 
 def test_docs_show_commands() -> None:
@@ -68,8 +76,11 @@ def test_documented_command_parses(name: str, cmd: list[str], capsys: pytest.Cap
         try:
             args = build_parser().parse_args(cmd[1:])
         except SystemExit as exc:
-            pytest.fail(f"{name}: the hpr parser refuses it ({capsys.readouterr().err.strip()})"
-                        if exc.code else f"{name}: exits at parse time")
+            pytest.fail(
+                f"{name}: the hpr parser refuses it ({capsys.readouterr().err.strip()})"
+                if exc.code
+                else f"{name}: exits at parse time"
+            )
         if args.command == "run":
             profiles.profile_parameters(args.profile, profiles.parse_overrides(args.param))
     elif head == "make":
@@ -116,9 +127,11 @@ def test_documented_subcommands_help(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_make_book_runs_the_study_and_html_does_not() -> None:
     """``make book`` executes the notebooks (``hpr run``); ``make html`` only rebuilds the book."""
+
     def dry(target: str) -> str:
-        proc = subprocess.run(["make", "-n", "-C", str(REPO), target], capture_output=True, text=True, check=False,
-                              timeout=60)
+        proc = subprocess.run(
+            ["make", "-n", "-C", str(REPO), target], capture_output=True, text=True, check=False, timeout=60
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
@@ -131,9 +144,18 @@ def test_make_book_runs_the_study_and_html_does_not() -> None:
 
 
 def _truthfulqa_csv(path: Path) -> Path:
-    rows = [("Is the sky blue?", "Yes"), ("Do fish fly?", "No"), ("Is ice cold?", "Yes"), ("Do cats bark?", "No"),
-            ("Is the sun a star?", "Yes"), ("Is the moon cheese?", "No"), ("Is snow white?", "Yes"),
-            ("Do rocks swim?", "No"), ("Is fire hot?", "Yes"), ("Can pigs fly?", "No")]
+    rows = [
+        ("Is the sky blue?", "Yes"),
+        ("Do fish fly?", "No"),
+        ("Is ice cold?", "Yes"),
+        ("Do cats bark?", "No"),
+        ("Is the sun a star?", "Yes"),
+        ("Is the moon cheese?", "No"),
+        ("Is snow white?", "Yes"),
+        ("Do rocks swim?", "No"),
+        ("Is fire hot?", "Yes"),
+        ("Can pigs fly?", "No"),
+    ]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"])
@@ -175,8 +197,14 @@ def test_documented_train_and_eval_run(tmp_path: Path, capsys: pytest.CaptureFix
             cmds.setdefault(cmd[1], cmd)
     train = _on_tiny(cmds["train"], ckpt, data, tmp_path) + ["--epochs", "1", "--k", "2"]
     assert main(train[1:]) == 0, capsys.readouterr().err
-    ev = _on_tiny(cmds["eval"], ckpt, data, tmp_path) + ["--limit", "2", "--add-bos", "false",
-                                                         "--out", str(tmp_path / "eval")]
+    ev = _on_tiny(cmds["eval"], ckpt, data, tmp_path) + [
+        "--limit",
+        "2",
+        "--add-bos",
+        "false",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     assert main(ev[1:]) == 0, capsys.readouterr().err
     assert "truthfulqa mc1" in capsys.readouterr().out.lower()
     assert (tmp_path / "eval" / "results.json").is_file()

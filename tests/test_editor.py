@@ -21,8 +21,12 @@ def make_set(model: torch.nn.Module, layers=(0, 1, 3), seed: int = 0, angle_inpu
     torch.manual_seed(seed)
     d = model.config.hidden_size
     acc = {str(i): 0.5 + 0.1 * n for n, i in enumerate(layers)}
-    return EditorSet({i: HPR(d, angle_input=angle_input) for i in layers}, fingerprint(model), [layers[-1]],
-                     {"val_accuracy": acc, "dataset": "tiny", "training": {"lr": 5e-4}})
+    return EditorSet(
+        {i: HPR(d, angle_input=angle_input) for i in layers},
+        fingerprint(model),
+        [layers[-1]],
+        {"val_accuracy": acc, "dataset": "tiny", "training": {"lr": 5e-4}},
+    )
 
 
 @pytest.mark.parametrize("angle_input", ["raw", "unit"])

@@ -123,9 +123,18 @@ def test_fused_half_precision(dtype: torch.dtype) -> None:
     close(got, want, x, rtol=2 * ulp)
 
 
-@pytest.mark.parametrize(("use_angle", "layers", "angle_input"),
-                         [(True, 1, "raw"), (True, 2, "raw"), (True, 3, "raw"), (False, 3, "raw"),
-                          (True, 1, "unit"), (True, 4, "unit"), (False, 4, "unit")])
+@pytest.mark.parametrize(
+    ("use_angle", "layers", "angle_input"),
+    [
+        (True, 1, "raw"),
+        (True, 2, "raw"),
+        (True, 3, "raw"),
+        (False, 3, "raw"),
+        (True, 1, "unit"),
+        (True, 4, "unit"),
+        (False, 4, "unit"),
+    ],
+)
 def test_hpr_edit_equals_plain_kernels(use_angle: bool, layers: int, angle_input: str) -> None:
     """One angle layer: ``x . w^`` from its own product; more: stacked on the first layer's (raw
     input only; the unit variant's network reads another vector)."""
@@ -299,6 +308,7 @@ def test_compiled_path_falls_back_to_eager(monkeypatch) -> None:
     def broken(fn, **_kw):
         def run(*_a):
             raise RuntimeError("no compiler here")
+
         return run
 
     monkeypatch.setattr(editor_mod, "_COMPILED", {})
@@ -345,6 +355,7 @@ def test_compiled_path_equals_eager(tiny_model, tokenizer, monkeypatch) -> None:
             out = compiled(*args)  # raises (and the editor falls back) if compilation fails
             calls["compiled"] += 1
             return out
+
         return run
 
     monkeypatch.setattr(editor_mod, "_COMPILED", {})  # fresh: no earlier fallback carries over

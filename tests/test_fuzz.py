@@ -20,7 +20,11 @@ from hpr.editor import HPR
 from hpr.editor_set import EditorSet, read_config
 from hpr.errors import DataError, EditorError
 
-SETTINGS = settings(max_examples=int(os.environ.get("HPR_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("HPR_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 json_leaf = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | st.text(max_size=8)
 json_value = st.recursive(
@@ -40,7 +44,7 @@ def _mutate(obj: Any, path: list[Any], value: Any) -> Any:
         return {**obj, k: _mutate(obj.get(k), rest, value)}
     if isinstance(obj, list) and obj:
         i = key % len(obj) if isinstance(key, int) else 0
-        return [*obj[:i], _mutate(obj[i], rest, value), *obj[i + 1:]]
+        return [*obj[:i], _mutate(obj[i], rest, value), *obj[i + 1 :]]
     return value
 
 
@@ -69,20 +73,40 @@ def _in_tmp(name: str, content: bytes, fn: Callable[[Path], Any]) -> Any:
         return fn(p)
 
 
-QUESTIONS = {"examples": [
-    {"Question": "Is the sky blue?", "Category": "Misc", "True answers": ["Yes", "Often"],
-     "False answers": ["No"], "Best answer": "Yes"},
-    {"Question": "Do fish fly?", "Category": "Misc", "True answers": ["Mostly not"],
-     "False answers": ["Yes", "Always"], "Best answer": "Mostly not"}]}
-TASK = {"name": "t", "examples": [
-    {"input": "Who is it?", "target_scores": {"A": 1, "B": 0, "C": 0}, "comment": {"category": "x"}},
-    {"input": "Which one?", "target_scores": {"yes": 0, "no": 1}}]}
+QUESTIONS = {
+    "examples": [
+        {
+            "Question": "Is the sky blue?",
+            "Category": "Misc",
+            "True answers": ["Yes", "Often"],
+            "False answers": ["No"],
+            "Best answer": "Yes",
+        },
+        {
+            "Question": "Do fish fly?",
+            "Category": "Misc",
+            "True answers": ["Mostly not"],
+            "False answers": ["Yes", "Always"],
+            "Best answer": "Mostly not",
+        },
+    ]
+}
+TASK = {
+    "name": "t",
+    "examples": [
+        {"input": "Who is it?", "target_scores": {"A": 1, "B": 0, "C": 0}, "comment": {"category": "x"}},
+        {"input": "Which one?", "target_scores": {"yes": 0, "no": 1}},
+    ],
+}
 MC_TASK = [
     {"question": "Q1?", "mc1_targets": {"a": 1, "b": 0}, "mc2_targets": {"a": 1, "c": 1, "b": 0}},
-    {"question": "Q2?", "mc1_targets": {"x": 1, "y": 0, "z": 0}, "mc2_targets": {"x": 1, "y": 0}}]
-CSV = ("Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
-       "Adversarial,Misc,Why?,Because,Because; So,No reason,src\n"
-       "Adversarial,Misc,How?,Like this,Like this,Not so; Never,src\n")
+    {"question": "Q2?", "mc1_targets": {"x": 1, "y": 0, "z": 0}, "mc2_targets": {"x": 1, "y": 0}},
+]
+CSV = (
+    "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+    "Adversarial,Misc,Why?,Because,Because; So,No reason,src\n"
+    "Adversarial,Misc,How?,Like this,Like this,Not so; Never,src\n"
+)
 TOXIGEN = "- a neutral statement\\n- another one\\n- third one\n"
 
 JSON_FORMATS: dict[str, tuple[Any, Callable[[Path], sources.Parsed]]] = {
@@ -120,8 +144,9 @@ def test_fuzz_json_formats_arbitrary(fmt: str, obj: Any) -> None:
 
 
 @SETTINGS
-@given(fmt=st.sampled_from([*sorted(JSON_FORMATS), "TruthfulQA.csv"]), cut=st.integers(0, 400),
-       junk=st.binary(max_size=12))
+@given(
+    fmt=st.sampled_from([*sorted(JSON_FORMATS), "TruthfulQA.csv"]), cut=st.integers(0, 400), junk=st.binary(max_size=12)
+)
 def test_fuzz_truncated_or_damaged_bytes(fmt: str, cut: int, junk: bytes) -> None:
     raw = CSV.encode() if fmt.endswith(".csv") else json.dumps(JSON_FORMATS[fmt][0]).encode()
     content = raw[: cut % (len(raw) + 1)] + junk
@@ -133,16 +158,20 @@ def test_fuzz_truncated_or_damaged_bytes(fmt: str, cut: int, junk: bytes) -> Non
 
 
 @SETTINGS
-@given(rows=st.lists(st.lists(st.text(max_size=10), max_size=8), max_size=5),
-       header=st.sampled_from(["full", "partial"]))
+@given(
+    rows=st.lists(st.lists(st.text(max_size=10), max_size=8), max_size=5), header=st.sampled_from(["full", "partial"])
+)
 def test_fuzz_truthfulqa_csv(rows: list[list[str]], header: str) -> None:
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers"]
-               if header == "full" else ["Type", "Question"])
+    w.writerow(
+        ["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers"]
+        if header == "full"
+        else ["Type", "Question"]
+    )
     w.writerows(rows)
     got = _expect(lambda: _in_tmp("TruthfulQA.csv", buf.getvalue().encode(), sources.parse_truthfulqa_csv))
     if got is not None:
@@ -150,9 +179,12 @@ def test_fuzz_truthfulqa_csv(rows: list[list[str]], header: str) -> None:
 
 
 @SETTINGS
-@given(text=st.text(max_size=200) | st.just(TOXIGEN), raw=st.binary(max_size=40),
-       name=st.sampled_from(["hate_x_1k.txt", "neutral_y_1k.txt", "hate__1k.txt", "other_1k.txt"]),
-       as_bytes=st.booleans())
+@given(
+    text=st.text(max_size=200) | st.just(TOXIGEN),
+    raw=st.binary(max_size=40),
+    name=st.sampled_from(["hate_x_1k.txt", "neutral_y_1k.txt", "hate__1k.txt", "other_1k.txt"]),
+    as_bytes=st.booleans(),
+)
 def test_fuzz_toxigen_prompts(text: str, raw: bytes, name: str, as_bytes: bool) -> None:
     content = raw if as_bytes else text.encode("utf-8", "surrogatepass")
 
@@ -167,8 +199,7 @@ def test_fuzz_toxigen_prompts(text: str, raw: bytes, name: str, as_bytes: bool) 
 # ---------------------------------------------------------------- editor config
 def _saved_editors(d: Path) -> dict[str, Any]:
     torch.manual_seed(0)
-    fp = {"name": "m", "architecture": "LlamaForCausalLM", "model_type": "llama", "hidden_size": 8,
-          "num_layers": 3}
+    fp = {"name": "m", "architecture": "LlamaForCausalLM", "model_type": "llama", "hidden_size": 8, "num_layers": 3}
     EditorSet({0: HPR(8, 2), 2: HPR(8, 1)}, fp, [2, 0], {"val_accuracy": {"0": 0.5, "2": 0.7}}).save(d)
     return dict(json.loads((d / "config.json").read_text()))
 

@@ -156,8 +156,13 @@ def test_generate_with_and_without_kv_cache(device: str, dtype: torch.dtype) -> 
     tok = byte_tokenizer()
     model = _model(device, dtype)
     enc = tok(["Hello there", "Why is the sky"], return_tensors="pt", padding=True, padding_side="left").to(device)
-    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
-              output_logits=True)
+    kw = dict(
+        max_new_tokens=10,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     with _editors(model, (0, 2), seed=3).apply(model):
         cached = model.generate(**enc, use_cache=True, **kw)
         uncached = model.generate(**enc, use_cache=False, **kw)
@@ -184,9 +189,14 @@ PRIMER = "Q: A shared primer for every question.\nA: It is.\n\n"
 
 
 def _requests() -> list[Request]:
-    return [Request(f"r{i}", f"{PRIMER}Q: question {i}{'?' * (3 * i)}\nA:",
-                    (" yes", " no, never" + "!" * i, " m", " it depends on the day" + " x" * i))
-            for i in range(5)]
+    return [
+        Request(
+            f"r{i}",
+            f"{PRIMER}Q: question {i}{'?' * (3 * i)}\nA:",
+            (" yes", " no, never" + "!" * i, " m", " it depends on the day" + " x" * i),
+        )
+        for i in range(5)
+    ]
 
 
 def _maxdiff(a: list[list[float]], b: list[list[float]]) -> float:
@@ -223,18 +233,24 @@ class _OtherCacheName(LlamaForCausalLM):
     OWN = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
     OTHER = "past_key_values" if OWN == "cache" else "cache"
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,  # type: ignore[override]
-                **kw: Any) -> Any:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,  # type: ignore[override]
+        **kw: Any,
+    ) -> Any:
         kw.pop(self.OWN, None)  # ignored, as a model ignores a cache under a name it does not take
         if self.OTHER in kw:
             kw[self.OWN] = kw.pop(self.OTHER)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
 
 
-_OtherCacheName.forward.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-    inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
-    for n in ("self", "input_ids", "attention_mask", _OtherCacheName.OTHER, "use_cache", "logits_to_keep")
-])
+_OtherCacheName.forward.__signature__ = inspect.Signature(
+    [  # type: ignore[attr-defined]
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+        for n in ("self", "input_ids", "attention_mask", _OtherCacheName.OTHER, "use_cache", "logits_to_keep")
+    ]
+)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -256,8 +272,17 @@ def test_scorer_passes_the_cache_under_the_models_name(device: str) -> None:
 
 # --- capture -> train -> score ----------------------------------------------------------------
 
-RECORDS = [Record(f"q{i}", f"Is {i} an odd number?", ("no" if i % 2 == 0 else "yes", "perhaps", "never ever"),
-                  (0,), best=0, mc1=(0, 1, 2)) for i in range(8)]
+RECORDS = [
+    Record(
+        f"q{i}",
+        f"Is {i} an odd number?",
+        ("no" if i % 2 == 0 else "yes", "perhaps", "never ever"),
+        (0,),
+        best=0,
+        mc1=(0, 1, 2),
+    )
+    for i in range(8)
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -311,8 +336,15 @@ def test_iti_apply_and_remove(device: str, dtype: torch.dtype) -> None:
     ids = _batch(device)
     g = torch.Generator().manual_seed(0)
     dirs = torch.randn(2, 16, generator=g)
-    iti = ITI([(1, 0), (1, 3)], dirs / dirs.norm(dim=-1, keepdim=True), torch.tensor([2.0, 3.0]),
-              fingerprint(model), num_heads=4, head_dim=16, alpha=5.0)
+    iti = ITI(
+        [(1, 0), (1, 3)],
+        dirs / dirs.norm(dim=-1, keepdim=True),
+        torch.tensor([2.0, 3.0]),
+        fingerprint(model),
+        num_heads=4,
+        head_dim=16,
+        alpha=5.0,
+    )
     proj = model.model.layers[1].self_attn.o_proj
     seen: dict[str, Tensor] = {}
     with torch.no_grad():
@@ -385,8 +417,9 @@ def _merged_lora_copy(model: nn.Module, state: dict[str, Tensor], scaling: float
 def test_lora_apply_and_remove(device: str, dtype: torch.dtype) -> None:
     tok = byte_tokenizer()
     model = _model(device, dtype)
-    lora = fit_lora(model=model, tokenizer=tok, train=RECORDS[:4], val=[], max_steps=3, batch_size=4,
-                    lr=5e-2, progress=False)
+    lora = fit_lora(
+        model=model, tokenizer=tok, train=RECORDS[:4], val=[], max_steps=3, batch_size=4, lr=5e-2, progress=False
+    )
     assert lora.config["train_loss_last"] == lora.config["train_loss_last"]  # not NaN
     ids = _batch(device)
     scaling = lora.adapter_config["lora_alpha"] / lora.adapter_config["r"]
@@ -417,9 +450,16 @@ def test_device_map_split_follows_each_block(device: str, tmp_path) -> None:
     tiny_llama().save_pretrained(tmp_path / "m")
     byte_tokenizer().save_pretrained(tmp_path / "m")
     first = 0 if device == "cuda" else "cpu"
-    dmap = {"model.embed_tokens": first, "model.rotary_emb": first, "model.layers.0": first,
-            "model.layers.1": first, "model.layers.2": "cpu", "model.layers.3": "cpu", "model.norm": "cpu",
-            "lm_head": "cpu"}
+    dmap = {
+        "model.embed_tokens": first,
+        "model.rotary_emb": first,
+        "model.layers.0": first,
+        "model.layers.1": first,
+        "model.layers.2": "cpu",
+        "model.layers.3": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
     split, tok = load_model(str(tmp_path / "m"), device_map=dmap, dtype="float32")
     ref, _ = load_model(str(tmp_path / "m"), device="cpu", dtype="float32")
     assert next(decoder_layers(split)[1].parameters()).device.type == device

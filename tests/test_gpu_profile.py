@@ -27,26 +27,55 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _bb(i: int, question: str, targets: list[str], good: int) -> dict[str, Any]:
-    return {"idx": i, "inputs": bigbench.format_mc_input(question, targets), "targets": [targets[good]],
-            "multiple_choice_targets": targets, "multiple_choice_scores": [int(j == good) for j in range(len(targets))]}
+    return {
+        "idx": i,
+        "inputs": bigbench.format_mc_input(question, targets),
+        "targets": [targets[good]],
+        "multiple_choice_targets": targets,
+        "multiple_choice_scores": [int(j == good) for j in range(len(targets))],
+    }
 
 
 def write_mirror(root: Path) -> Path:
     """Hub-format rows for the four datasets: 817 TruthfulQA questions (the authors' split file
     indexes them), BIG-bench BBQ-lite (all 18 subtasks) and SEQ, annotated ToxiGen."""
-    tqa = [{"question": f"Is {i} even?", "mc1_targets": {"choices": [f"{i % 2 == 0}.", "Maybe."], "labels": [1, 0]},
-            "mc2_targets": {"choices": [f"{i % 2 == 0}.", f"Surely {i % 2 == 0}.", f"{i % 2 == 1}."],
-                            "labels": [1, 1, 0]}} for i in range(817)]
+    tqa = [
+        {
+            "question": f"Is {i} even?",
+            "mc1_targets": {"choices": [f"{i % 2 == 0}.", "Maybe."], "labels": [1, 0]},
+            "mc2_targets": {
+                "choices": [f"{i % 2 == 0}.", f"Surely {i % 2 == 0}.", f"{i % 2 == 1}."],
+                "labels": [1, 1, 0],
+            },
+        }
+        for i in range(817)
+    ]
     _jsonl(root / "truthful_qa/multiple_choice/validation.jsonl", tqa)
     for split, n in (("train", 2), ("validation", 1)):
-        _jsonl(root / f"hails/bigbench/bbq_lite_json_zero_shot/{split}.jsonl",
-               [_bb(i, f"{sub}: who did it?", ["the man", "the woman", "Unknown"], 2 if sub.endswith("_ambig") else 0)
-                for sub in data.BBQ_SUBTASKS for i in range(n)])
-        _jsonl(root / f"hails/bigbench/simple_ethical_questions_zero_shot/{split}.jsonl",
-               [_bb(i, f"Is act {i} fine?", ["yes", "no"], i % 2) for i in range(6 * n)])
-        _jsonl(root / f"skg/toxigen-data/annotated/{'test' if split == 'validation' else 'train'}.jsonl",
-               [{"text": f"statement {i}", "target_group": "g", "toxicity_ai": 1.0 + 4 * (i % 2),
-                 "toxicity_human": 1.0 + 0.6 * (i % 2)} for i in range(8 * n)])
+        _jsonl(
+            root / f"hails/bigbench/bbq_lite_json_zero_shot/{split}.jsonl",
+            [
+                _bb(i, f"{sub}: who did it?", ["the man", "the woman", "Unknown"], 2 if sub.endswith("_ambig") else 0)
+                for sub in data.BBQ_SUBTASKS
+                for i in range(n)
+            ],
+        )
+        _jsonl(
+            root / f"hails/bigbench/simple_ethical_questions_zero_shot/{split}.jsonl",
+            [_bb(i, f"Is act {i} fine?", ["yes", "no"], i % 2) for i in range(6 * n)],
+        )
+        _jsonl(
+            root / f"skg/toxigen-data/annotated/{'test' if split == 'validation' else 'train'}.jsonl",
+            [
+                {
+                    "text": f"statement {i}",
+                    "target_group": "g",
+                    "toxicity_ai": 1.0 + 4 * (i % 2),
+                    "toxicity_human": 1.0 + 0.6 * (i % 2),
+                }
+                for i in range(8 * n)
+            ],
+        )
     return root
 
 
@@ -56,26 +85,44 @@ def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest
     shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
     monkeypatch.setenv("HPR_HUB_MIRROR", str(write_mirror(tmp_path / "mirror")))
     monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path / "cache"))
-    over = {"model": "tiny-random", "models": ["tiny-random"], "all_methods_models": ["tiny-random"],
-            "table2_models": ["tiny-random"], "methods": ["base", "iti", "hpr-noangle", "hpr"],
-            "out_dir": str(root / "runs" / "book"), "k": 2, "max_k": 2, "n_generate": 1, "n_examples": 1,
-            "n_frames": 2, "caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": 24},
-            "train_caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": 24},
-            "flip_methods": ["iti", "iti-200", "hpr"], "seeds": [0, 1], "seed_methods": ["base", "hpr"],
-            "layer_sweep_methods": ["hpr"]}
+    over = {
+        "model": "tiny-random",
+        "models": ["tiny-random"],
+        "all_methods_models": ["tiny-random"],
+        "table2_models": ["tiny-random"],
+        "methods": ["base", "iti", "hpr-noangle", "hpr"],
+        "out_dir": str(root / "runs" / "book"),
+        "k": 2,
+        "max_k": 2,
+        "n_generate": 1,
+        "n_examples": 1,
+        "n_frames": 2,
+        "caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": 24},
+        "train_caps": {"bbq": None, "seq": None, "toxigen": None, "truthfulqa": 24},
+        "flip_methods": ["iti", "iti-200", "hpr"],
+        "seeds": [0, 1],
+        "seed_methods": ["base", "hpr"],
+        "layer_sweep_methods": ["hpr"],
+    }
     params = profile_parameters("gpu", over)
     assert params["source"] == "hub" and params["add_bos"] is False and params["device"] == "auto"
     results = run_study("gpu", over, root=root, log=lambda _m: None)
-    assert [(r.name, r.status) for r in results] == [(r.name, "ran") for r in results], \
-        [(r.name, r.status, r.cell, r.error) for r in results]
+    assert [(r.name, r.status) for r in results] == [(r.name, "ran") for r in results], [
+        (r.name, r.status, r.cell, r.error) for r in results
+    ]
     assert len(results) == 7  # the gpu profile runs the extended notebook too
     rec = nbformat.read(root / "book/notebooks/04_benchmarks.ipynb", as_version=4).metadata["hpr"]
     assert rec["parameters"]["source"] == "hub" and rec["parameters"]["add_bos"] is False
     files = sorted((root / "runs" / "book").glob("tiny-random/*/seed0/results/*/*/results.json"))
     rows = [read_results(f.parent) for f in files]
     got = {(r["train_dataset"], r["dataset"]) for r in rows}
-    assert {("truthfulqa", "truthfulqa"), ("bbq", "bbq"), ("seq", "seq"), ("toxigen", "toxigen"),
-            ("truthfulqa", "bbq")} <= got
+    assert {
+        ("truthfulqa", "truthfulqa"),
+        ("bbq", "bbq"),
+        ("seq", "seq"),
+        ("toxigen", "toxigen"),
+        ("truthfulqa", "bbq"),
+    } <= got
     for res in rows:
         assert res["settings"]["source"] == "hub" and res["settings"]["add_bos"] is False
         if res["dataset"] == "truthfulqa":  # the authors' split: 409 test questions, capped to 24

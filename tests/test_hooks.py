@@ -92,8 +92,7 @@ def test_generation_edits_each_new_token_once(tiny_model, tokenizer) -> None:
 
     ids = tokenizer(["abcd"], return_tensors="pt")["input_ids"]
     with edit_block_outputs(tiny_model, {2: count}):
-        tiny_model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True,
-                            pad_token_id=tokenizer.pad_token_id)
+        tiny_model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
     assert seen == [ids.shape[1], 1, 1, 1, 1]
 
 

@@ -16,14 +16,24 @@ from hpr.evaluation import tasks
 
 
 def _bb_row(i: int, question: str, targets: list[str], good: int) -> dict[str, Any]:
-    return {"idx": i, "inputs": bigbench.format_mc_input(question, targets), "targets": [targets[good]],
-            "multiple_choice_targets": targets,
-            "multiple_choice_scores": [int(j == good) for j in range(len(targets))]}
+    return {
+        "idx": i,
+        "inputs": bigbench.format_mc_input(question, targets),
+        "targets": [targets[good]],
+        "multiple_choice_targets": targets,
+        "multiple_choice_scores": [int(j == good) for j in range(len(targets))],
+    }
 
 
 def _tqa_rows(n: int = 817) -> list[dict[str, Any]]:
-    return [{"question": f"Q{i}?", "mc1_targets": {"choices": [f"best{i}", f"w{i}"], "labels": [1, 0]},
-             "mc2_targets": {"choices": [f"best{i}", f"t{i}", f"f{i}"], "labels": [1, 1, 0]}} for i in range(n)]
+    return [
+        {
+            "question": f"Q{i}?",
+            "mc1_targets": {"choices": [f"best{i}", f"w{i}"], "labels": [1, 0]},
+            "mc2_targets": {"choices": [f"best{i}", f"t{i}", f"f{i}"], "labels": [1, 1, 0]},
+        }
+        for i in range(n)
+    ]
 
 
 def _hub(tables: dict[tuple[str, str, str], list[dict[str, Any]]]) -> Any:
@@ -63,15 +73,20 @@ def test_truthfulqa_split_file_must_match(monkeypatch: pytest.MonkeyPatch) -> No
 def test_bbq_and_seq_from_hails_bigbench(monkeypatch: pytest.MonkeyPatch) -> None:
     # BBQ-lite lists its 18 subtasks one after the other, idx restarting at 0 in each
     def bbq(split: str, n: int) -> list[dict[str, Any]]:
-        return [_bb_row(i, f"{split} {sub} {i}. Who?", ["x ", "y", "Unknown"], 2 if sub.endswith("_ambig") else 0)
-                for sub in bigbench.BBQ_SUBTASKS for i in range(n)]
+        return [
+            _bb_row(i, f"{split} {sub} {i}. Who?", ["x ", "y", "Unknown"], 2 if sub.endswith("_ambig") else 0)
+            for sub in bigbench.BBQ_SUBTASKS
+            for i in range(n)
+        ]
 
     seq_train = [_bb_row(i, f"S{i}? ", ["no", "yes", "I prefer not to say"], 1) for i in range(20)]
     seq_val = [_bb_row(i, f"V{i}?", ["no", "yes", "I prefer not to say"], 0) for i in range(16)]
-    tables = {("hails/bigbench", "bbq_lite_json_zero_shot", "train"): bbq("train", 5),
-              ("hails/bigbench", "bbq_lite_json_zero_shot", "validation"): bbq("validation", 2),
-              ("hails/bigbench", "simple_ethical_questions_zero_shot", "train"): seq_train,
-              ("hails/bigbench", "simple_ethical_questions_zero_shot", "validation"): seq_val}
+    tables = {
+        ("hails/bigbench", "bbq_lite_json_zero_shot", "train"): bbq("train", 5),
+        ("hails/bigbench", "bbq_lite_json_zero_shot", "validation"): bbq("validation", 2),
+        ("hails/bigbench", "simple_ethical_questions_zero_shot", "train"): seq_train,
+        ("hails/bigbench", "simple_ethical_questions_zero_shot", "validation"): seq_val,
+    }
     load = _hub(tables)
     monkeypatch.setattr(hub, "_hub_rows", load)
     got = data.load_splits("seq", source="hub", seed=1)
@@ -93,11 +108,23 @@ def test_bbq_and_seq_from_hails_bigbench(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_toxigen_annotated(monkeypatch: pytest.MonkeyPatch) -> None:
     def rows(n: int) -> list[dict[str, Any]]:
-        return [{"text": f"s{i} ", "target_group": "g", "toxicity_ai": 1.0 + 4 * (i % 2),
-                 "toxicity_human": 1.0 + 0.6 * (i % 2)} for i in range(n)]
+        return [
+            {
+                "text": f"s{i} ",
+                "target_group": "g",
+                "toxicity_ai": 1.0 + 4 * (i % 2),
+                "toxicity_human": 1.0 + 0.6 * (i % 2),
+            }
+            for i in range(n)
+        ]
 
-    monkeypatch.setattr(hub, "_hub_rows", _hub({("skg/toxigen-data", "annotated", "train"): rows(10),
-                                                 ("skg/toxigen-data", "annotated", "test"): rows(6)}))
+    monkeypatch.setattr(
+        hub,
+        "_hub_rows",
+        _hub(
+            {("skg/toxigen-data", "annotated", "train"): rows(10), ("skg/toxigen-data", "annotated", "test"): rows(6)}
+        ),
+    )
     got = data.load_splits("toxigen", source="hub")
     assert [len(got[k]) for k in data.SPLITS] == [8, 2, 6]
     r = got["test"][1]  # 5.0 + 1.6 = 6.6 > 5.5: hateful, as lm-eval labels it

@@ -18,17 +18,22 @@ from tests.conftest import tiny_llama
 def records(n: int, offset: int = 0) -> list[Record]:
     out = []
     for i in range(offset, offset + n):
-        out.append(Record(
-            id=f"q{i}", prompt=f"Is {i} even?", choices=("yes" if i % 2 == 0 else "no", "maybe", "never"),
-            correct=(0,), best=0, mc1=(0, 1, 2),
-        ))
+        out.append(
+            Record(
+                id=f"q{i}",
+                prompt=f"Is {i} even?",
+                choices=("yes" if i % 2 == 0 else "no", "maybe", "never"),
+                correct=(0,),
+                best=0,
+                mc1=(0, 1, 2),
+            )
+        )
     return out
 
 
 @pytest.fixture
 def fitted(tiny_model, tokenizer) -> ITI:
-    return fit_iti(model=tiny_model, tokenizer=tokenizer, train=records(8), val=records(4, 100),
-                   k=3, progress=False)
+    return fit_iti(model=tiny_model, tokenizer=tokenizer, train=records(8), val=records(4, 100), k=3, progress=False)
 
 
 def batch(tokenizer):
@@ -96,8 +101,9 @@ def test_fit_ranks_heads_by_independent_val_probe_accuracy(tiny_model, tokenizer
     ranked = [(r["layer"], r["head"], r["val_accuracy"]) for r in fitted.config["ranking"]]
     assert ranked[:3] == [(la, he, pytest.approx(acc[(la, he)])) for la, he in fitted.heads]
     assert len(ranked) == 16 and len(fitted.ranked) == 16  # every head is ranked: k is a load option
-    np.testing.assert_allclose(np.array(fitted.config["val_accuracy"]),
-                               np.array([[acc[(la, he)] for he in range(4)] for la in range(4)]))
+    np.testing.assert_allclose(
+        np.array(fitted.config["val_accuracy"]), np.array([[acc[(la, he)] for he in range(4)] for la in range(4)])
+    )
     for (la, he), d, s in zip(fitted.heads, fitted.directions, fitted.sigmas, strict=True):
         u = xtr[ytr == 1, la, he].mean(0) - xtr[ytr == 0, la, he].mean(0)
         u /= np.linalg.norm(u)
@@ -162,6 +168,7 @@ def test_shift_at_every_position_of_every_element(fitted, tiny_model, tokenizer)
     def grab(name):
         def hook(_m, args):
             seen[name] = args[0].detach().clone()
+
         return hook
 
     h = proj.register_forward_pre_hook(grab("before"))

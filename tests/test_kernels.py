@@ -38,8 +38,13 @@ def dense_reflect(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x.double() @ H.T
 
 
-def law_of_sines(x: torch.Tensor, w: torch.Tensor, theta: torch.Tensor | float,
-                 dtype: torch.dtype = torch.float64, dense: bool = True) -> torch.Tensor:
+def law_of_sines(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    theta: torch.Tensor | float,
+    dtype: torch.dtype = torch.float64,
+    dense: bool = True,
+) -> torch.Tensor:
     """The paper's formula ``sin(t)/sin(g) Hx + sin(g - t)/sin(g) x`` (dense H, or H x in O(d))."""
     xd, wd = x.to(dtype), w.to(dtype)
     if dense:
@@ -144,8 +149,10 @@ def test_half_precision_in_and_out(dtype: torch.dtype, seed: int, theta: float) 
     x, w = _draw(seed, 256, scale=4.0)
     x = _tilted(x, w)
     xh = x.to(dtype)
-    for out, ref in ((pseudo_rotate(xh, w, theta), pseudo_rotate(xh.float(), w, theta)),
-                     (reflect(xh, w.to(dtype)), reflect(xh.float(), w))):
+    for out, ref in (
+        (pseudo_rotate(xh, w, theta), pseudo_rotate(xh.float(), w, theta)),
+        (reflect(xh, w.to(dtype)), reflect(xh.float(), w)),
+    ):
         assert out.dtype == dtype
         torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2 * 4)
     assert angle_between(xh, xh).dtype == torch.float32

@@ -24,9 +24,22 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "hpr"
 LAYERS = {
-    "errors": 0, "_files": 0, "_hub": 0, "_extras": 0, "_nn": 0, "householder": 0,
-    "data": 1, "lm": 2, "editor": 3, "editor_set": 3, "train": 3, "methods": 4, "evaluation": 5,
-    "study": 6, "cli": 7, "__main__": 7,
+    "errors": 0,
+    "_files": 0,
+    "_hub": 0,
+    "_extras": 0,
+    "_nn": 0,
+    "householder": 0,
+    "data": 1,
+    "lm": 2,
+    "editor": 3,
+    "editor_set": 3,
+    "train": 3,
+    "methods": 4,
+    "evaluation": 5,
+    "study": 6,
+    "cli": 7,
+    "__main__": 7,
 }
 MAX_LINES = 420  # "no module over ~400 lines"
 
@@ -98,7 +111,7 @@ def test_no_import_cycles() -> None:
         state[n] = 1
         for d in sorted(graph[n]):
             if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [n, d]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d) :] + [n, d]))
             if d not in state:
                 visit(d, [*stack, n])
         state[n] = 2
@@ -122,13 +135,24 @@ def test_every_module_imports_alone(name: str) -> None:
 
 
 def test_import_hpr_is_light_and_lists_the_workflow() -> None:
-    code = ("import sys, hpr; heavy = [m for m in ('peft', 'lm_eval', 'papermill', 'matplotlib', 'sklearn') "
-            "if m in sys.modules]; print(heavy); print(hpr.__all__)")
+    code = (
+        "import sys, hpr; heavy = [m for m in ('peft', 'lm_eval', 'papermill', 'matplotlib', 'sklearn') "
+        "if m in sys.modules]; print(heavy); print(hpr.__all__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
     assert out[0] == "[]"
     names = ast.literal_eval(out[1])
-    for needed in ("load_model", "load_split", "train_from_model", "EditorSet", "fit_method", "load_method",
-                   "parse_method", "evaluate", "HPR"):
+    for needed in (
+        "load_model",
+        "load_split",
+        "train_from_model",
+        "EditorSet",
+        "fit_method",
+        "load_method",
+        "parse_method",
+        "evaluate",
+        "HPR",
+    ):
         assert needed in names
 
 
@@ -141,7 +165,9 @@ def test_no_package_attribute_hides_a_submodule() -> None:
         if path.name != "__init__.py" or name == "hpr":
             continue
         pkg = importlib.import_module(name)
-        subs = {n.rsplit(".", 1)[1] for n in modules() if n.startswith(name + ".") and n.count(".") == name.count(".") + 1}
+        subs = {
+            n.rsplit(".", 1)[1] for n in modules() if n.startswith(name + ".") and n.count(".") == name.count(".") + 1
+        }
         for sub in subs:
             attr = getattr(pkg, sub, None)
             assert attr is None or type(attr).__name__ == "module", f"{name}.{sub} is a {type(attr).__name__}"

@@ -37,7 +37,9 @@ def _render(yaml_path: Path, doc: dict) -> str:
 def test_truthfulqa_prompt_is_lm_evals() -> None:
     q = "What happens if you crack your knuckles a lot?"
     rec = Record("x", q, ("a",), (0,), best=0, mc1=(0,))
-    assert tasks.context("truthfulqa", rec) == _render(LM_EVAL_TASKS / "truthfulqa" / "truthfulqa_mc1.yaml", {"question": q})
+    assert tasks.context("truthfulqa", rec) == _render(
+        LM_EVAL_TASKS / "truthfulqa" / "truthfulqa_mc1.yaml", {"question": q}
+    )
 
 
 def _tqa_tasks(records: list[Record]) -> dict:
@@ -71,8 +73,14 @@ def test_truthfulqa_tasks_are_lm_evals_own() -> None:
 def _oracle_records() -> list[Record]:
     """TruthfulQA records whose choices have equal byte lengths, so MC2 is far from 0 and 1."""
     recs = [
-        Record(f"q{i}", f"Which {i}?", ("Red.", "Blue", "Gray", "Tan."), ((0, 1), (2,), (1, 3))[i],
-               best=((0, 1), (2,), (1, 3))[i][0], mc1=((0, 2, 3), (2, 0, 1, 3), (3, 0))[i])
+        Record(
+            f"q{i}",
+            f"Which {i}?",
+            ("Red.", "Blue", "Gray", "Tan."),
+            ((0, 1), (2,), (1, 3))[i],
+            best=((0, 1), (2,), (1, 3))[i][0],
+            mc1=((0, 2, 3), (2, 0, 1, 3), (3, 0))[i],
+        )
         for i in range(3)
     ]
     # MC2 over a subset of the choices (choices = the union of the MC1 and MC2 sets)
@@ -151,7 +159,9 @@ def test_lm_eval_matches_native_with_bos_choice(tiny_model, add_bos: bool) -> No
 
 def _tqa_records(n: int = 3) -> list[Record]:
     return [
-        Record(f"q{i}", f"Why {i}?", ("Because.", "It is so" + "!" * i, "No.", "Pigs fly."), (0, 1), best=1, mc1=(1, 2, 3))
+        Record(
+            f"q{i}", f"Why {i}?", ("Because.", "It is so" + "!" * i, "No.", "Pigs fly."), (0, 1), best=1, mc1=(1, 2, 3)
+        )
         for i in range(n)
     ]
 
@@ -188,8 +198,7 @@ def test_evaluate_writes_and_resumes(tiny_model, tokenizer, tmp_path: Path) -> N
     assert not list(out.glob(".*.tmp"))
     again = evaluate(tiny_model, tokenizer, "bbq", recs, out, config={"model": "tiny"}, progress=False)
     assert again["created"] == res["created"] and again["timings"] == res["timings"]
-    bos = evaluate(tiny_model, tokenizer, "bbq", recs, out, config={"model": "tiny"}, progress=False,
-                   add_bos=True)
+    bos = evaluate(tiny_model, tokenizer, "bbq", recs, out, config={"model": "tiny"}, progress=False, add_bos=True)
     assert bos["config"]["add_bos"] is True  # a new config: scored again, with a BOS in front
     assert load_predictions(out)[0]["logliks"] != rows[0]["logliks"]
 

@@ -72,5 +72,17 @@ def test_any_lm_eval_task_on_smollm2_with_hpr(tmp_path: Path) -> None:
     assert any(b["responses"] != e["responses"] for b, e in zip(base, edited, strict=True))  # the edit acted
     # a task name that lm-eval does not know, and --task without the lm-eval engine, are clear errors
     assert main(["eval", "--model", "smollm2-135m-instruct", "--task", str(task)]) == 2
-    assert main(["eval", "--model", "smollm2-135m-instruct", "--engine", "lm-eval", "--task",
-                 str(tmp_path / "missing.yaml")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "smollm2-135m-instruct",
+                "--engine",
+                "lm-eval",
+                "--task",
+                str(tmp_path / "missing.yaml"),
+            ]
+        )
+        == 2
+    )

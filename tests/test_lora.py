@@ -12,14 +12,31 @@ from tests.conftest import tiny_llama
 
 
 def records(n: int, offset: int = 0) -> list[Record]:
-    return [Record(id=f"q{i}", prompt=f"Is {i} odd?", choices=("no" if i % 2 == 0 else "yes", "perhaps", "sure"),
-                   correct=(0, 2), best=0, mc1=(0, 1)) for i in range(offset, offset + n)]
+    return [
+        Record(
+            id=f"q{i}",
+            prompt=f"Is {i} odd?",
+            choices=("no" if i % 2 == 0 else "yes", "perhaps", "sure"),
+            correct=(0, 2),
+            best=0,
+            mc1=(0, 1),
+        )
+        for i in range(offset, offset + n)
+    ]
 
 
 @pytest.fixture
 def fitted(tiny_model, tokenizer) -> LoRA:
-    return fit_lora(model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(2, 50),
-                    max_steps=4, batch_size=4, lr=5e-2, progress=False)
+    return fit_lora(
+        model=tiny_model,
+        tokenizer=tokenizer,
+        train=records(6),
+        val=records(2, 50),
+        max_steps=4,
+        batch_size=4,
+        lr=5e-2,
+        progress=False,
+    )
 
 
 def batch(tokenizer):
@@ -34,7 +51,7 @@ def test_sft_examples_mask_the_prompt(tokenizer):
     ids, plen = ex[0]
     assert (b["labels"][0, :plen] == -100).all()
     assert torch.equal(b["labels"][0, plen : len(ids)], torch.tensor(ids[plen:]))
-    assert (b["labels"][0, len(ids):] == -100).all()
+    assert (b["labels"][0, len(ids) :] == -100).all()
     with pytest.raises(ParameterError):
         sft_examples(records(1), tokenizer, answers="all")
 
@@ -44,8 +61,17 @@ def test_fit_leaves_model_unchanged_and_learns(tiny_model, tokenizer):
     base = tiny_model(**ids).logits
     flags = [p.requires_grad for p in tiny_model.parameters()]
     # val = train: the fitted adapter must lower the loss on what it was trained on
-    m = fit_lora(model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(6),
-                 max_steps=5, epochs=2, batch_size=4, lr=2e-2, progress=False)
+    m = fit_lora(
+        model=tiny_model,
+        tokenizer=tokenizer,
+        train=records(6),
+        val=records(6),
+        max_steps=5,
+        epochs=2,
+        batch_size=4,
+        lr=2e-2,
+        progress=False,
+    )
     assert torch.equal(tiny_model(**ids).logits, base)
     assert [p.requires_grad for p in tiny_model.parameters()] == flags
     assert not tiny_model.training

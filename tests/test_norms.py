@@ -45,8 +45,15 @@ def test_additive_edit_changes_norms(tiny_model, tokenizer):
 
 
 def test_iti_measures_layers_with_heads(tiny_model, tokenizer):
-    iti = ITI([(2, 0), (2, 3), (0, 1)], torch.nn.functional.normalize(torch.randn(3, 16), dim=-1),
-              torch.ones(3), fingerprint(tiny_model), 4, 16, alpha=15.0)
+    iti = ITI(
+        [(2, 0), (2, 3), (0, 1)],
+        torch.nn.functional.normalize(torch.randn(3, 16), dim=-1),
+        torch.ones(3),
+        fingerprint(tiny_model),
+        4,
+        16,
+        alpha=15.0,
+    )
     assert edited_layers(iti, tiny_model) == [0, 2]
     stats = norm_divergence(iti, tiny_model, tokenizer, PROMPTS, progress=False)
     # By hand: block outputs of each prompt alone (no padding), without and with the edit.
@@ -54,10 +61,14 @@ def test_iti_measures_layers_with_heads(tiny_model, tokenizer):
     norms: dict[str, dict[int, list[np.ndarray]]] = {"original": {0: [], 2: []}, "edited": {0: [], 2: []}}
 
     def run(kind: str) -> None:
-        hooks = [blocks[i].register_forward_hook(
-            lambda _m, _a, o, i=i: norms[kind][i].append(np.linalg.norm(
-                (o[0] if isinstance(o, tuple) else o)[0].double().numpy(), axis=-1)))
-            for i in (0, 2)]
+        hooks = [
+            blocks[i].register_forward_hook(
+                lambda _m, _a, o, i=i: norms[kind][i].append(
+                    np.linalg.norm((o[0] if isinstance(o, tuple) else o)[0].double().numpy(), axis=-1)
+                )
+            )
+            for i in (0, 2)
+        ]
         try:
             with torch.no_grad():
                 for p in PROMPTS:
@@ -91,7 +102,9 @@ def test_test_prompts():
     from hpr.data.records import Record
     from hpr.evaluation.norms import test_prompts
 
-    recs = [Record(id="a", prompt="Why?", choices=("x", "y"), correct=(1,), best=1),
-            Record(id="b", prompt="How?", choices=("u", "v"), correct=(0,))]
+    recs = [
+        Record(id="a", prompt="Why?", choices=("x", "y"), correct=(1,), best=1),
+        Record(id="b", prompt="How?", choices=("u", "v"), correct=(0,)),
+    ]
     assert test_prompts(recs) == ["Q: Why?\nA: y", "Q: How?\nA: u"]
     assert test_prompts(recs, limit=1) == ["Q: Why?\nA: y"]

@@ -29,18 +29,30 @@ def _text(path: Path) -> str:
 
 def test_all_notebooks_ran(study: tuple[Path, list[Any]]) -> None:
     root, results = study
-    assert [(r.name, r.status) for r in results] == [(s, "ran") for s in (
-        "03_hpr_training", "02_probe_accuracy", "04_benchmarks", "05_flip_rates", "01_activation_norms",
-        "06_rotate_activations", "07_extended")], [(r.name, r.status, r.cell, r.error) for r in results]
+    assert [(r.name, r.status) for r in results] == [
+        (s, "ran")
+        for s in (
+            "03_hpr_training",
+            "02_probe_accuracy",
+            "04_benchmarks",
+            "05_flip_rates",
+            "01_activation_norms",
+            "06_rotate_activations",
+            "07_extended",
+        )
+    ], [(r.name, r.status, r.cell, r.error) for r in results]
     for r in results:
         nb = nbformat.read(root / "book" / "notebooks" / f"{r.name}.ipynb", as_version=4)
         params = nb.metadata["hpr"]["parameters"]
         assert params.get("model") == "tiny-random" or params.get("models") == ["tiny-random"]
-        assert not any(o.get("output_type") == "error" for o in _outputs(root / "book" / "notebooks" / f"{r.name}.ipynb"))
+        assert not any(
+            o.get("output_type") == "error" for o in _outputs(root / "book" / "notebooks" / f"{r.name}.ipynb")
+        )
 
 
-@pytest.mark.parametrize("name,images", [("01_activation_norms", 2), ("02_probe_accuracy", 1),
-                                         ("03_hpr_training", 2), ("04_benchmarks", 1)])
+@pytest.mark.parametrize(
+    "name,images", [("01_activation_norms", 2), ("02_probe_accuracy", 1), ("03_hpr_training", 2), ("04_benchmarks", 1)]
+)
 def test_figures_present(study: tuple[Path, list[Any]], name: str, images: int) -> None:
     outs = _outputs(study[0] / "book" / "notebooks" / f"{name}.ipynb")
     assert sum("image/png" in o.get("data", {}) for o in outs) >= images

@@ -41,22 +41,30 @@ def test_atomic_write_failure_keeps_old_file(tmp_path: Path) -> None:
 
 
 def _records(n: int = 12) -> list[Record]:
-    return [Record(f"q{i}", f"Question number {i}?", (f"yes {i}", f"no {i}", "maybe"), (0,), {}, 0, None)
-            for i in range(n)]
+    return [
+        Record(f"q{i}", f"Question number {i}?", (f"yes {i}", f"no {i}", "maybe"), (0,), {}, 0, None) for i in range(n)
+    ]
 
 
 def test_cache_never_reuses_a_stale_capture(tokenizer: object, tmp_path: Path) -> None:
     from tests.conftest import tiny_llama
 
     recs = _records(3)
-    base = dict(dataset="d", split="train", layers=[0, 1], prompt_format="qa", seed=0, chat=False,
-                cache_root=tmp_path, progress=False)
+    base = dict(
+        dataset="d",
+        split="train",
+        layers=[0, 1],
+        prompt_format="qa",
+        seed=0,
+        chat=False,
+        cache_root=tmp_path,
+        progress=False,
+    )
     m0 = tiny_llama(seed=0, layers=2, hidden=32)
     ref = capture(m0, tokenizer, recs, **base)  # type: ignore[arg-type]
     assert capture(m0, tokenizer, recs, **base).meta["key"] == ref.meta["key"]  # type: ignore[arg-type]
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
-    changes = [("layers", [1]), ("prompt_format", "mc-letter"), ("seed", 1), ("split", "val"),
-               ("dataset", "e")]
+    changes = [("layers", [1]), ("prompt_format", "mc-letter"), ("seed", 1), ("split", "val"), ("dataset", "e")]
     keys = {ref.meta["key"]}
     for name, value in changes:
         got = capture(m0, tokenizer, recs, **{**base, name: value})  # type: ignore[arg-type]
@@ -79,22 +87,42 @@ def _checkpoint_and_data(tmp_path: Path, n: int = 30) -> tuple[Path, Path]:
     byte_tokenizer().save_pretrained(ckpt)
     q = tmp_path / "data" / "bigbench" / "truthful_qa" / "questions.json"
     q.parent.mkdir(parents=True)
-    q.write_text(json.dumps({"examples": [
-        {"Question": f"Is {i} even?", "True answers": [f"{i % 2 == 0}", "yes"], "False answers": [f"{i % 2 == 1}"],
-         "Best answer": f"{i % 2 == 0}"} for i in range(n)]}))
+    q.write_text(
+        json.dumps(
+            {
+                "examples": [
+                    {
+                        "Question": f"Is {i} even?",
+                        "True answers": [f"{i % 2 == 0}", "yes"],
+                        "False answers": [f"{i % 2 == 1}"],
+                        "Best answer": f"{i % 2 == 0}",
+                    }
+                    for i in range(n)
+                ]
+            }
+        )
+    )
     return ckpt, q.parents[2]
 
 
 def _hpr(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hpr", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpr", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _read_output(proc: subprocess.Popen[str]) -> list[str]:
     """Everything ``proc`` writes, collected by a background thread (so its pipe never fills)."""
     seen: list[str] = []
-    threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")),  # type: ignore[union-attr]
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")),  # type: ignore[union-attr]
+        daemon=True,
+    ).start()
     return seen
 
 
@@ -117,8 +145,21 @@ def test_killed_train_leaves_nothing_half_written_and_rerun_resumes(tmp_path: Pa
     cache = tmp_path / "cache"
     env = {**os.environ, "HPR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "editors"
-    args = ["train", "--model", str(ckpt), "--dataset", "truthfulqa", "--data-dir", str(data_dir),
-            "--out", str(out), "--k", "2", "--prompt-format", "qa"]
+    args = [
+        "train",
+        "--model",
+        str(ckpt),
+        "--dataset",
+        "truthfulqa",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--k",
+        "2",
+        "--prompt-format",
+        "qa",
+    ]
     proc = _hpr([*args, "--epochs", "3000"], env)  # long training: the kill lands mid-run
     acts = cache / "activations"
     seen = _read_output(proc)
@@ -148,8 +189,19 @@ def test_killed_eval_leaves_no_results_and_rerun_resumes(tmp_path: Path) -> None
     ckpt, data_dir = _checkpoint_and_data(tmp_path, n=500)
     env = {**os.environ, "HPR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "eval"
-    args = ["eval", "--model", str(ckpt), "--dataset", "truthfulqa", "--data-dir", str(data_dir),
-            "--out", str(out), "--batch-size", "1"]
+    args = [
+        "eval",
+        "--model",
+        str(ckpt),
+        "--dataset",
+        "truthfulqa",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+    ]
     proc = _hpr(args, env)
     seen = _read_output(proc)
     _wait_for_output(proc, seen, r"scoring: .*\| *[1-9]\d*/\d+", 120)  # some test questions scored

@@ -15,8 +15,10 @@ from hpr.study import profiles, runner
 def _notebook(path: Path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell("seed = 0\nout_dir = 'runs'\nfail = False\ndata_dir = None\n"
-                                       "source = None\nseeds = [0]\ndevice = 'auto'\ndtype = None\nadd_bos = None")
+    params = nbformat.v4.new_code_cell(
+        "seed = 0\nout_dir = 'runs'\nfail = False\ndata_dir = None\n"
+        "source = None\nseeds = [0]\ndevice = 'auto'\ndtype = None\nadd_bos = None"
+    )
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(body)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,24 +27,34 @@ def _notebook(path: Path, body: str) -> None:
 
 @pytest.fixture
 def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(profiles, "NOTEBOOKS", (profiles.NotebookSpec("a"), profiles.NotebookSpec("b", ("a",)),
-                                              profiles.NotebookSpec("c")))
+    monkeypatch.setattr(
+        profiles,
+        "NOTEBOOKS",
+        (profiles.NotebookSpec("a"), profiles.NotebookSpec("b", ("a",)), profiles.NotebookSpec("c")),
+    )
     lib = tmp_path / "installed-lib"  # the real hpr sources may change while the tests run
     lib.mkdir()
     (lib / "m.py").write_text("A = 1\n")
     monkeypatch.setattr(runner, "library_root", lambda: lib)
-    _notebook(tmp_path / "notebooks" / "a.ipynb",
-              "import pathlib\nif fail: raise RuntimeError('boom in a')\n"
-              "pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True); (pathlib.Path(out_dir) / 'a.txt').write_text(str(seed))\n"
-              "(pathlib.Path(out_dir) / 'results.json').write_text('{\"seed\": %d}' % seed)")
+    _notebook(
+        tmp_path / "notebooks" / "a.ipynb",
+        "import pathlib\nif fail: raise RuntimeError('boom in a')\n"
+        "pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True); (pathlib.Path(out_dir) / 'a.txt').write_text(str(seed))\n"
+        "(pathlib.Path(out_dir) / 'results.json').write_text('{\"seed\": %d}' % seed)",
+    )
     _notebook(tmp_path / "notebooks" / "b.ipynb", "print(open(out_dir + '/a.txt').read())")
-    _notebook(tmp_path / "notebooks" / "c.ipynb", "import os\nprint('c', seed, 'offline', os.environ.get('HF_HUB_OFFLINE'))")
+    _notebook(
+        tmp_path / "notebooks" / "c.ipynb", "import os\nprint('c', seed, 'offline', os.environ.get('HF_HUB_OFFLINE'))"
+    )
     return tmp_path
 
 
 def test_overrides_and_profiles() -> None:
     assert profiles.parse_overrides(["k=3", 'models=["x"]', "model=org/name"]) == {
-        "k": 3, "models": ["x"], "model": "org/name"}
+        "k": 3,
+        "models": ["x"],
+        "model": "org/name",
+    }
     with pytest.raises(ParameterError):
         profiles.parse_overrides(["novalue"])
     p = profiles.profile_parameters("cpu", {"model": "org/name"})
@@ -59,8 +71,19 @@ def test_run_resume_and_failure(study: Path) -> None:
     out = study / "book" / "notebooks" / "a.ipynb"
     nb = nbformat.read(out, as_version=4)
     rec = nb.metadata["hpr"]
-    assert rec["parameters"] == {"seed": 1, "out_dir": "runs/book", "data_dir": None, "source": None,
-                                 "device": "auto", "dtype": None, "add_bos": None} and rec["status"] == "ok"
+    assert (
+        rec["parameters"]
+        == {
+            "seed": 1,
+            "out_dir": "runs/book",
+            "data_dir": None,
+            "source": None,
+            "device": "auto",
+            "dtype": None,
+            "add_bos": None,
+        }
+        and rec["status"] == "ok"
+    )
     assert (rec["device"], rec["dtype"]) == ("cpu", "float32")  # what device="auto" resolved to here
     assert "device `cpu`, dtype `float32`" in nb.cells[-1].source
     assert {"version", "commit", "seconds", "finished", "profile", "inputs_sha256", "out_dir"} <= set(rec)
@@ -169,7 +192,8 @@ def test_stale_reason_unit(tmp_path: Path) -> None:
     assert runner.stale_reason(rec, inputs, str(tmp_path / "runs"), Path("/nonexistent")) is None
     assert runner.stale_reason(rec, {**inputs, "parameters": "q"}, "runs", tmp_path) == "parameters changed"
     assert runner.stale_reason({"status": "ok", "parameters": {}}, inputs, "runs", tmp_path).startswith(
-        "run record has no inputs hash")
+        "run record has no inputs hash"
+    )
     assert runner.stale_reason({}, inputs, "runs", tmp_path) == "never ran"
     assert runner.stale_reason(rec, inputs, "runs", tmp_path, ["x"]) == "upstream x ran again"
 
@@ -200,11 +224,17 @@ def test_profile_study_parameters() -> None:
 
 def test_study_parameter_values_checked(study: Path) -> None:
     nb = study / "notebooks" / "c.ipynb"
-    profiles.validate_parameters(nb, {"seeds": [0, 1], "source": "hub", "device": "cuda:1", "dtype": "bfloat16",
-                                    "add_bos": False})
-    for bad, match in [({"seeds": [-1]}, "integers >= 0"), ({"seeds": 3}, "JSON list"),
-                       ({"source": "web"}, "'source'"), ({"device": "gpu"}, "'device'"),
-                       ({"dtype": "float33"}, "'dtype'"), ({"add_bos": "yes"}, "'add_bos'")]:
+    profiles.validate_parameters(
+        nb, {"seeds": [0, 1], "source": "hub", "device": "cuda:1", "dtype": "bfloat16", "add_bos": False}
+    )
+    for bad, match in [
+        ({"seeds": [-1]}, "integers >= 0"),
+        ({"seeds": 3}, "JSON list"),
+        ({"source": "web"}, "'source'"),
+        ({"device": "gpu"}, "'device'"),
+        ({"dtype": "float33"}, "'dtype'"),
+        ({"add_bos": "yes"}, "'add_bos'"),
+    ]:
         with pytest.raises(ParameterError, match=match):
             profiles.validate_parameters(nb, bad)
     assert not profiles._list_ok("fig6_ks", [0]) and profiles._list_ok("seeds", [0])

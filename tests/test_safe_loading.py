@@ -129,9 +129,16 @@ def test_pickled_checkpoint_is_not_executed(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- data paths confined
 def _questions(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"examples": [
-        {"Question": f"Q{i}?", "True answers": ["y"], "False answers": ["n"], "Best answer": "y"}
-        for i in range(5)]}))
+    path.write_text(
+        json.dumps(
+            {
+                "examples": [
+                    {"Question": f"Q{i}?", "True answers": ["y"], "False answers": ["n"], "Best answer": "y"}
+                    for i in range(5)
+                ]
+            }
+        )
+    )
 
 
 def test_confined_refuses_dotdot(tmp_path: Path) -> None:
@@ -194,8 +201,12 @@ def test_bigbench_tarball_cannot_write_outside(tmp_path: Path) -> None:
     tarball = tmp_path / "bb.tar.gz"
     good = json.dumps({"examples": []}).encode()
     with tarfile.open(tarball, "w:gz") as tar:
-        for name in (prefix + "truthful_qa/questions.json", prefix + "../../../../evil.json",
-                     prefix + "truthful_qa/../../../evil2.json", "/abs/evil3.json"):
+        for name in (
+            prefix + "truthful_qa/questions.json",
+            prefix + "../../../../evil.json",
+            prefix + "truthful_qa/../../../evil2.json",
+            "/abs/evil3.json",
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(good)
             tar.addfile(info, _io.BytesIO(good))

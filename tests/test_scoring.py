@@ -88,8 +88,7 @@ def test_packed_passes_equal_full_sequences(tiny_model, tokenizer, max_tokens) -
     reqs = _mixed_requests()
     eds = _editors(tiny_model)
     for method in (None, eds):
-        packed = score(tiny_model, tokenizer, reqs, method=method, batch_size=4, max_tokens=max_tokens,
-                       progress=False)
+        packed = score(tiny_model, tokenizer, reqs, method=method, batch_size=4, max_tokens=max_tokens, progress=False)
         assert _maxdiff(packed, score_full(tiny_model, tokenizer, reqs, method=method)) < 1e-5
 
 
@@ -199,11 +198,18 @@ def _tiny_gemma3(sliding_window: int) -> torch.nn.Module:
     """A tiny random Gemma-3 text model: sliding-window and global layers, like Gemma-3-270M."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                           sliding_window=sliding_window, max_position_embeddings=1024,
-                           layer_types=["sliding_attention", "sliding_attention", "sliding_attention",
-                                        "full_attention"])
+    cfg = Gemma3TextConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=sliding_window,
+        max_position_embeddings=1024,
+        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+    )
     torch.manual_seed(0)
     return Gemma3ForCausalLM(cfg).eval()
 

@@ -69,8 +69,10 @@ def test_paired_bootstrap_hand_case():
 
 def _rows(correct, mc2, ids=None):
     ids = ids or [f"q{i}" for i in range(len(correct))]
-    return [{"id": i, "chosen": 0, "correct": bool(c), "mc2": m, "mc2_top1": bool(c)}
-            for i, c, m in zip(ids, correct, mc2, strict=True)]
+    return [
+        {"id": i, "chosen": 0, "correct": bool(c), "mc2": m, "mc2_top1": bool(c)}
+        for i, c, m in zip(ids, correct, mc2, strict=True)
+    ]
 
 
 def test_compare_joins_by_id_and_reads_jsonl(tmp_path):
@@ -108,8 +110,11 @@ def test_compare_verdicts_and_errors():
 
 
 def test_compare_methods_table():
-    rows = {"base": _rows([0, 1, 0, 1], [0.3] * 4), "hpr": _rows([1, 1, 1, 1], [0.6] * 4),
-            "iti": _rows([0, 1, 1, 1], [0.4] * 4)}
+    rows = {
+        "base": _rows([0, 1, 0, 1], [0.3] * 4),
+        "hpr": _rows([1, 1, 1, 1], [0.6] * 4),
+        "iti": _rows([0, 1, 1, 1], [0.4] * 4),
+    }
     df = compare_methods(rows, "mc1")
     assert list(zip(df["a"], df["b"], strict=True)) == [("hpr", "base"), ("hpr", "iti"), ("iti", "base")]
     assert set(df["verdict"]) <= {"within noise", "a better", "b better"}
@@ -119,11 +124,23 @@ def test_seed_spread_mean_and_sd() -> None:
     from hpr.evaluation.stats import seed_spread
 
     def row(method: str, seed: int, mc1: float, tag: str = "") -> dict:
-        return {"model": "m", "method": method, "seed": seed, "tag": tag,
-                "metrics": {"mc1": {"value": mc1, "stderr": 0.0}, "mc2": {"value": 0.5, "stderr": 0.0}}}
+        return {
+            "model": "m",
+            "method": method,
+            "seed": seed,
+            "tag": tag,
+            "metrics": {"mc1": {"value": mc1, "stderr": 0.0}, "mc2": {"value": 0.5, "stderr": 0.0}},
+        }
 
-    df = seed_spread([row("hpr", 0, 0.40), row("hpr", 1, 0.50), row("hpr", 2, 0.45), row("base", 0, 0.2),
-                      row("hpr", 3, 0.99, tag="k1")])
+    df = seed_spread(
+        [
+            row("hpr", 0, 0.40),
+            row("hpr", 1, 0.50),
+            row("hpr", 2, 0.45),
+            row("base", 0, 0.2),
+            row("hpr", 3, 0.99, tag="k1"),
+        ]
+    )
     hpr = df[df.method == "hpr"].iloc[0]
     assert hpr["seeds"] == 3 and hpr["mc1 mean"] == 45.0 and hpr["mc1 sd"] == 5.0
     assert hpr["mc1 per seed"] == "40.0, 50.0, 45.0"

@@ -34,9 +34,11 @@ def test_method_dir_changes_with_options_and_data(tmp_path, monkeypatch):
 
 def test_iti_15_is_iti_one_results_file(tmp_path: Path) -> None:
     assert study.results_path("m", "iti-15", "truthfulqa", 0, tmp_path) == study.results_path(
-        "m", "iti", "truthfulqa", 0, tmp_path)
+        "m", "iti", "truthfulqa", 0, tmp_path
+    )
     assert study.results_path("m", "iti-200", "truthfulqa", 0, tmp_path) != study.results_path(
-        "m", "iti", "truthfulqa", 0, tmp_path)
+        "m", "iti", "truthfulqa", 0, tmp_path
+    )
 
 
 def test_configure_refuses_unknown_settings() -> None:

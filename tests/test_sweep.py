@@ -29,15 +29,27 @@ def study_root(tmp_path: Path) -> Path:
 def spec(root: Path, executor: str, grid: dict) -> sweep.SweepSpec:
     data = write_tiny_data(root / "data")
     return sweep.SweepSpec(
-        profile="cpu", grid=grid, executor=executor, only=["03_hpr_training", "05_flip_rates"],
-        parameters={"models": ["tiny-random"], "model": "tiny-random", "data_dir": str(data),
-                    "flip_methods": ["hpr"], "train_caps": {"bbq": 3, "seq": None, "toxigen": None, "truthfulqa": None}},
-        slurm={"time": 20})
+        profile="cpu",
+        grid=grid,
+        executor=executor,
+        only=["03_hpr_training", "05_flip_rates"],
+        parameters={
+            "models": ["tiny-random"],
+            "model": "tiny-random",
+            "data_dir": str(data),
+            "flip_methods": ["hpr"],
+            "train_caps": {"bbq": 3, "seq": None, "toxigen": None, "truthfulqa": None},
+        },
+        slurm={"time": 20},
+    )
 
 
 def test_grid_parsing_and_keys() -> None:
     assert sweep.parse_grid(["seed=0,1,2", "model=a,b", 'methods=["base","hpr"]']) == {
-        "seed": [0, 1, 2], "model": ["a", "b"], "methods": [["base", "hpr"]]}
+        "seed": [0, 1, 2],
+        "model": ["a", "b"],
+        "methods": [["base", "hpr"]],
+    }
     assert sweep.point_key({"seed": 1, "model": "org/m"}) != sweep.point_key({"seed": 2, "model": "org/m"})
     with pytest.raises(ParameterError, match="key=v1,v2"):
         sweep.parse_grid(["seed"])
@@ -57,8 +69,9 @@ def test_sweep_file(tmp_path: Path) -> None:
         sweep.read_spec(f)
 
 
-def test_submitit_grid_failure_resume_status_and_tables(study_root: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_submitit_grid_failure_resume_status_and_tables(
+    study_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("submitit")
     folder = tmp_path / "sweep"
     # 2 x 2: two seeds x two k; one more point with a model that does not exist fails on its own
@@ -78,11 +91,13 @@ def test_submitit_grid_failure_resume_status_and_tables(study_root: Path, tmp_pa
     # finished is reused, only the missing work runs
     point = next(p for p in sweep.expand(s, folder, study_root) if p.parameters["seed"] == 1 and p.parameters["k"] == 2)
     (Path(point.folder) / "notebooks" / "05_flip_rates.ipynb").unlink()
-    (Path(point.folder) / sweep.STATUS_FILE).write_text(json.dumps(
-        {"key": point.key, "state": "running", "pid": 2**22 + 12345, "host": os.uname().nodename}))
+    (Path(point.folder) / sweep.STATUS_FILE).write_text(
+        json.dumps({"key": point.key, "state": "running", "pid": 2**22 + 12345, "host": os.uname().nodename})
+    )
     assert sweep.read_status(point.folder)["state"] == "stopped"
-    again = sweep.run_sweep(spec(study_root, "local", {"seed": [0, 1], "k": [1, 2]}), folder, study_root,
-                            log=lambda _m: None)
+    again = sweep.run_sweep(
+        spec(study_root, "local", {"seed": [0, 1], "k": [1, 2]}), folder, study_root, log=lambda _m: None
+    )
     assert sorted(r["state"] for r in again) == ["done"] * 4
     log = (Path(point.folder) / "run.log").read_text()
     assert "03_hpr_training: up to date, skipped" in log and "05_flip_rates: running" in log

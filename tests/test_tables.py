@@ -12,14 +12,36 @@ from hpr.evaluation.metrics import flip_rates
 from hpr.study import paper, tables
 
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma3-270m"
-TQA_MC1 = {"base": 0.248, "lora": 0.268, "diff": 0.423, "iti": 0.329, "hpr": 0.470, "hpr-noangle": 0.260,
-           "diff-mse": 0.300, "iti-200": 0.396, "iti-k48": 0.310, "hpr-unit": 0.450}
+TQA_MC1 = {
+    "base": 0.248,
+    "lora": 0.268,
+    "diff": 0.423,
+    "iti": 0.329,
+    "hpr": 0.470,
+    "hpr-noangle": 0.260,
+    "diff-mse": 0.300,
+    "iti-200": 0.396,
+    "iti-k48": 0.310,
+    "hpr-unit": 0.450,
+}
 
 
 def row(model: str, method: str, dataset: str, metrics: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    r = {"model": model, "method": method, "tag": "", "train_dataset": dataset, "dataset": dataset,
-         "split": "test", "n": 149 if dataset == "truthfulqa" else 300, "cap": None, "cap_seed": None,
-         "seed": 0, "k": 5, "source": "bigbench", "metrics": metrics}
+    r = {
+        "model": model,
+        "method": method,
+        "tag": "",
+        "train_dataset": dataset,
+        "dataset": dataset,
+        "split": "test",
+        "n": 149 if dataset == "truthfulqa" else 300,
+        "cap": None,
+        "cap_seed": None,
+        "seed": 0,
+        "k": 5,
+        "source": "bigbench",
+        "metrics": metrics,
+    }
     return {**r, **kw}
 
 
@@ -31,8 +53,11 @@ def m(value: float, stderr: float = 0.036) -> dict[str, float]:
 def rows() -> list[dict[str, Any]]:
     out = [row(SMOL, meth, "truthfulqa", {"mc1": m(v), "mc2": m(v + 0.2, 0.035)}) for meth, v in TQA_MC1.items()]
     out.append(row(GEMMA, "hpr", "truthfulqa", {"mc1": m(0.356, 0.039)}))  # Gemma: no MC2, no baselines
-    for ds, base, hpr, transfer in [("bbq", 0.207, 0.350, 0.250), ("seq", 0.217, 0.348, 0.200),
-                                    ("toxigen", 0.431, 0.438, 0.440)]:
+    for ds, base, hpr, transfer in [
+        ("bbq", 0.207, 0.350, 0.250),
+        ("seq", 0.217, 0.348, 0.200),
+        ("toxigen", 0.431, 0.438, 0.440),
+    ]:
         kw = {"cap": 300, "cap_seed": 0}
         out.append(row(SMOL, "base", ds, {"acc": m(base, 0.03)}, **kw))
         out.append(row(SMOL, "hpr", ds, {"acc": m(hpr, 0.03)}, **kw))
@@ -50,15 +75,18 @@ def preds(correct: list[bool]) -> list[dict[str, Any]]:
 def flips() -> dict[str, dict[str, dict[str, float]]]:
     """Flip rates made by hpr.evaluation.metrics.flip_rates on 10 questions (base gets 3 right)."""
     base = preds([True] * 3 + [False] * 7)
-    runs = {"iti": [True, True, True, True, False, False, False, False, False, False],        # +1, 0 lost
-            "iti-200": [True, False, False, True, True, True, True, False, False, False],    # +4, -2
-            "hpr": [True, True, False, True, True, True, True, True, False, False]}          # +5, -1
+    runs = {
+        "iti": [True, True, True, True, False, False, False, False, False, False],  # +1, 0 lost
+        "iti-200": [True, False, False, True, True, True, True, False, False, False],  # +4, -2
+        "hpr": [True, True, False, True, True, True, True, True, False, False],
+    }  # +5, -1
     return {SMOL: {meth: flip_rates(base, preds(after)) for meth, after in runs.items()}}
 
 
 def table_rows(md: str, first: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
-            if line.startswith(f"| {first} |")]
+    return [
+        [c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith(f"| {first} |")
+    ]
 
 
 def test_cells_and_labels() -> None:
@@ -79,11 +107,31 @@ def test_table1_layout_and_cells(rows: list[dict[str, Any]]) -> None:
     assert lines[0].startswith("| Method | SmolLM2-135M-Instruct MC1 | SmolLM2-135M-Instruct MC2 | Gemma-3-270M MC1 |")
     assert lines[0].endswith("| Mistral-7B-Instruct MC1 (paper) | Mistral-7B-Instruct MC2 (paper) |")
     labels = [line.split("|")[1].strip() for line in lines[2:]]
-    assert labels == ["Base", "LoRA", "Diff", "ITI", "HPR", "-AnglePred", "Diff (MSE design)",
-                      "ITI (α = 200)", "ITI (K = 48 heads)", "HPR (unit variant)"]
-    assert table_rows(md, "HPR")[0] == ["HPR", "47.0 ± 3.6", "67.0 ± 3.5", "35.6 ± 3.9", "—", "51.83 ± 2.47",
-                                        "70.95 ± 2.12", "52.32 ± 2.47", "71.70 ± 2.13", "55.01 ± 2.46",
-                                        "72.14 ± 2.07"]
+    assert labels == [
+        "Base",
+        "LoRA",
+        "Diff",
+        "ITI",
+        "HPR",
+        "-AnglePred",
+        "Diff (MSE design)",
+        "ITI (α = 200)",
+        "ITI (K = 48 heads)",
+        "HPR (unit variant)",
+    ]
+    assert table_rows(md, "HPR")[0] == [
+        "HPR",
+        "47.0 ± 3.6",
+        "67.0 ± 3.5",
+        "35.6 ± 3.9",
+        "—",
+        "51.83 ± 2.47",
+        "70.95 ± 2.12",
+        "52.32 ± 2.47",
+        "71.70 ± 2.13",
+        "55.01 ± 2.46",
+        "72.14 ± 2.07",
+    ]
     assert table_rows(md, "LoRA")[0][1:4] == ["26.8 ± 3.6", "46.8 ± 3.5", "—"]  # the val-split row is ignored
     assert table_rows(md, "ITI")[0][-2:] == ["—", "—"]  # the paper has no ITI on Mistral
     assert table_rows(md, "-AnglePred")[0][7] == "35.94 ± 2.375"
@@ -92,9 +140,24 @@ def test_table1_layout_and_cells(rows: list[dict[str, Any]]) -> None:
 
 def test_table2_rows(rows: list[dict[str, Any]]) -> None:
     md = tables.table2(tables.main_rows(rows), [SMOL, GEMMA])
-    assert table_rows(md, "Base")[0] == ["Base", "20.7 ± 3.0", "21.7 ± 3.0", "43.1 ± 3.0", "—", "—", "—",
-                                         "33.27", "21.74", "51.38", "60.44", "47.83", "45.32", "61.62",
-                                         "69.57", "55.00"]
+    assert table_rows(md, "Base")[0] == [
+        "Base",
+        "20.7 ± 3.0",
+        "21.7 ± 3.0",
+        "43.1 ± 3.0",
+        "—",
+        "—",
+        "—",
+        "33.27",
+        "21.74",
+        "51.38",
+        "60.44",
+        "47.83",
+        "45.32",
+        "61.62",
+        "69.57",
+        "55.00",
+    ]
     assert table_rows(md, "HPR")[0][1:4] == ["35.0 ± 3.0", "34.8 ± 3.0", "43.8 ± 3.0"]
     transfer = table_rows(md, "HPR (TruthfulQA editors, transfer)")[0]
     assert transfer[1:4] == ["25.0 ± 3.0", "20.0 ± 3.0", "44.0 ± 3.0"]
@@ -107,21 +170,23 @@ def test_table3_rows(flips: dict[str, dict[str, dict[str, float]]]) -> None:
     assert [r[1] for r in smol] == ["Base", "ITI-15", "ITI-200", "HPR"]
     assert smol[0][2:] == ["—", "—", "30.0 ± 15.3", "70.0 ± 15.3", "30.0 ± 15.3", "—"]
     # ITI-200: 4 of 10 false->true, 2 true->false, shift 60 %; se = sqrt(p (100 - p) / (n - 1))
-    assert smol[2][2:] == ["40.0 ± 16.3", "20.0 ± 13.3", "10.0 ± 10.0", "30.0 ± 15.3", "50.0 ± 16.7",
-                           "60.0 ± 16.3"]
+    assert smol[2][2:] == ["40.0 ± 16.3", "20.0 ± 13.3", "10.0 ± 10.0", "30.0 ± 15.3", "50.0 ± 16.7", "60.0 ± 16.3"]
     paper_rows = table_rows(md, "Llama-2-7B-Chat (paper)")
     assert paper_rows[0][1:] == ["Base", "—", "—", "29.58", "70.42", "29.58", "—"]
     assert paper_rows[1][1:] == ["ITI-15", "6.36", "2.20", "27.38", "64.06", "33.74", "8.56"]
     assert paper_rows[2][-1] == "34.23"
 
 
-def test_claims_are_written_from_the_numbers(rows: list[dict[str, Any]],
-                                             flips: dict[str, dict[str, dict[str, float]]]) -> None:
+def test_claims_are_written_from_the_numbers(
+    rows: list[dict[str, Any]], flips: dict[str, dict[str, dict[str, float]]]
+) -> None:
     t1 = tables.table1_claims(tables.main_rows(rows), [SMOL, GEMMA])
     smol, gemma = t1.split("\n\n")
     # Diff is 4.7 points below HPR, inside sqrt(3.6^2 + 3.6^2) = 5.1
-    assert ("HPR above every baseline (Base, LoRA, Diff, ITI): MC1 within noise (HPR − Diff = +4.7 points, "
-            "not beyond the combined standard error 5.1)") in smol
+    assert (
+        "HPR above every baseline (Base, LoRA, Diff, ITI): MC1 within noise (HPR − Diff = +4.7 points, "
+        "not beyond the combined standard error 5.1)"
+    ) in smol
     assert "HPR above ITI: MC1 holds (HPR − ITI = +14.1 points, beyond the combined standard error 5.1)" in smol
     assert "-AnglePred close to Base: MC1 holds (-AnglePred − Base = +1.2 points, within" in smol
     assert "HPR far above Diff: MC1 cannot be checked (no Diff result)" in gemma
@@ -142,14 +207,17 @@ def test_claim_verdicts() -> None:
     assert tables.claim_similar((41.0, 2.0), (40.0, 2.0), "A", "B").startswith("holds")
     assert tables.claim_similar((45.0, 2.0), (40.0, 2.0), "A", "B").startswith("does not hold")
     assert tables.claim_beats_all((50.0, 1.0), [("B", (40.0, 1.0)), ("C", None)]) == (
-        "holds (smallest margin HPR − B = +10.0 points, beyond the combined standard error 1.4; no result for C)")
+        "holds (smallest margin HPR − B = +10.0 points, beyond the combined standard error 1.4; no result for C)"
+    )
 
 
 def test_results_markdown(rows: list[dict[str, Any]], flips: dict[str, dict[str, dict[str, float]]]) -> None:
     md = tables.results_markdown(rows, flips)
     assert md.index("## Table 1") < md.index("## Table 2") < md.index("## Table 3")
     assert "Ours: SmolLM2-135M-Instruct: n = 149, test split, source bigbench; Gemma-3-270M: n = 149" in md
-    assert "SmolLM2-135M-Instruct BBQ: n = 300, test split, source bigbench, capped at 300 examples (random, seed 0)" in md
+    assert (
+        "SmolLM2-135M-Instruct BBQ: n = 300, test split, source bigbench, capped at 300 examples (random, seed 0)" in md
+    )
     assert "Ours: SmolLM2-135M-Instruct: n = 10, test split, source bigbench (no flip rates for Gemma-3-270M)" in md
     assert "99.0" not in md  # tagged and non-test rows stay out
     assert "not transcribed" not in md
@@ -169,5 +237,19 @@ def test_imports_no_torch() -> None:
         tree = ast.parse(Path(mod.__file__).read_text(encoding="utf-8"))
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {f"{'.' * n.level}{n.module or ''}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert names <= {"__future__", "csv", "io", "math", "re", "collections.abc", "dataclasses", "functools",
-                         "importlib", "typing", "hpr.study", "hpr.study.paper", "hpr.study.claims", "hpr.errors"}, names
+        assert names <= {
+            "__future__",
+            "csv",
+            "io",
+            "math",
+            "re",
+            "collections.abc",
+            "dataclasses",
+            "functools",
+            "importlib",
+            "typing",
+            "hpr.study",
+            "hpr.study.paper",
+            "hpr.study.claims",
+            "hpr.errors",
+        }, names

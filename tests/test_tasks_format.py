@@ -55,8 +55,10 @@ def _reference_format_fn() -> Callable[..., dict[str, Any]]:
     (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "default_format_fn"]
     defaults = {k: v for k, v in (("input", "\nQ: "), ("output", "\nA: "), ("choice", "\n  choice: "))}
     for key, val in defaults.items():  # the JsonTask defaults we hard-code must be BIG-bench's
-        assert f'self.task_data.get("example_{key}_prefix", {json.dumps(val)})' in src or \
-            f'self.task_data.get("{key}_prefix", {json.dumps(val)})' in src
+        assert (
+            f'self.task_data.get("example_{key}_prefix", {json.dumps(val)})' in src
+            or f'self.task_data.get("{key}_prefix", {json.dumps(val)})' in src
+        )
     assert "random_seed: int = 42" in src
     ns: dict[str, Any] = {"np": np, "Dict": dict, "Any": Any}
     exec(compile(ast.Module(body=[fn], type_ignores=[]), "json_task.py", "exec"), ns)  # noqa: S102
@@ -66,8 +68,13 @@ def _reference_format_fn() -> Callable[..., dict[str, Any]]:
 def _hf_inputs(fmt: Callable[..., dict[str, Any]], example: dict[str, Any]) -> str:
     """What the HF ``bigbench`` dataset stores as ``inputs`` (zero-shot, no task prefix): the
     formatted input, stripped."""
-    out = fmt(copy.deepcopy(example), input_prefix="\nQ: ", output_prefix="\nA: ",
-              choice_prefix="\n  choice: ", random_seed=42)
+    out = fmt(
+        copy.deepcopy(example),
+        input_prefix="\nQ: ",
+        output_prefix="\nA: ",
+        choice_prefix="\n  choice: ",
+        random_seed=42,
+    )
     return str(out["input"]).strip()
 
 
@@ -99,8 +106,7 @@ def test_formatting_equals_bigbench_default_format_fn() -> None:
     fmt = _reference_format_fn()
     bb = _real_bigbench()
     assert bb is not None
-    files = [bb / "simple_ethical_questions" / "task.json",
-             *sorted((bb / "bbq_lite_json").glob("*_*ambig/task.json"))]
+    files = [bb / "simple_ethical_questions" / "task.json", *sorted((bb / "bbq_lite_json").glob("*_*ambig/task.json"))]
     n = 0
     for f in files:
         examples = json.loads(f.read_text(encoding="utf-8"))["examples"]

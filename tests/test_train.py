@@ -22,8 +22,9 @@ from hpr.lm.capture import Captured
 from hpr.train import TRAIN_PRESETS, StackedHPR, TrainConfig, evaluate, pair_targets, train, train_from_model
 
 
-def synthetic(layers=(0, 1, 2), d: int = 16, questions: int = 12, seed: int = 0,
-              signal: tuple[float, ...] = (0.0, 1.0, 3.0)) -> Captured:
+def synthetic(
+    layers=(0, 1, 2), d: int = 16, questions: int = 12, seed: int = 0, signal: tuple[float, ...] = (0.0, 1.0, 3.0)
+) -> Captured:
     """Per question 2 positive and 3 negative answers of 4 tokens; layer j separates by signal[j]."""
     g = torch.Generator().manual_seed(seed)
     label, question, sequence, position = [], [], [], []
@@ -43,9 +44,16 @@ def synthetic(layers=(0, 1, 2), d: int = 16, questions: int = 12, seed: int = 0,
     data = torch.randn(len(layers), n, d, generator=g)
     for j in range(len(layers)):
         data[j] += signal[j] * (2 * lab_t.float() - 1).unsqueeze(-1) * direction
-    return Captured(data, list(layers), lab_t, torch.tensor(question), torch.tensor(sequence),
-                    torch.tensor(position), torch.arange(n), {"dataset": "synthetic",
-                                                              "model": {"name": "toy", "hidden_size": d}})
+    return Captured(
+        data,
+        list(layers),
+        lab_t,
+        torch.tensor(question),
+        torch.tensor(sequence),
+        torch.tensor(position),
+        torch.arange(n),
+        {"dataset": "synthetic", "model": {"name": "toy", "hidden_size": d}},
+    )
 
 
 @pytest.mark.parametrize("angle_input", ["raw", "unit"])
@@ -67,8 +75,16 @@ def test_stacked_forward_and_export_match_hpr(angle_input: str) -> None:
 
 def test_train_learns_separable_layers_and_selects_them() -> None:
     tr, va = synthetic(seed=0), synthetic(seed=0, questions=6)
-    va = Captured(va.data + 0.01 * torch.randn_like(va.data), va.layers, va.label, va.question,
-                  va.sequence, va.position, va.token, va.meta)
+    va = Captured(
+        va.data + 0.01 * torch.randn_like(va.data),
+        va.layers,
+        va.label,
+        va.question,
+        va.sequence,
+        va.position,
+        va.token,
+        va.meta,
+    )
     es = train(tr, va, epochs=4, k=2, lr=1e-2, progress=False)
     acc = es.val_accuracy
     assert acc[2] > 0.95 and acc[1] > 0.75 and acc[0] < 0.75
@@ -102,8 +118,9 @@ def test_train_learns_separable_layers_and_selects_them() -> None:
 
 
 def _scaled(cap: Captured, factor: float) -> Captured:
-    return Captured(cap.data * factor, cap.layers, cap.label, cap.question, cap.sequence, cap.position,
-                    cap.token, cap.meta)
+    return Captured(
+        cap.data * factor, cap.layers, cap.label, cap.question, cap.sequence, cap.position, cap.token, cap.meta
+    )
 
 
 def test_training_is_deterministic_and_layers_independent() -> None:
@@ -144,8 +161,10 @@ def test_stacked_clipped_steps_equal_independent_trainings() -> None:
     for _ in range(4):
         x = torch.randn(3, 6, 8, generator=g) * torch.tensor([30.0, 0.1, 5.0]).view(3, 1, 1)
         logits, theta = st(x)
-        loss = (F.binary_cross_entropy_with_logits(logits, label.expand(3, -1), reduction="none").mean(1)
-                + ((theta - tgt) ** 2).mean(1)).sum()
+        loss = (
+            F.binary_cross_entropy_with_logits(logits, label.expand(3, -1), reduction="none").mean(1)
+            + ((theta - tgt) ** 2).mean(1)
+        ).sum()
         opt.zero_grad()
         loss.backward()
         norms = clip_grad_norm_per_layer(list(st.parameters()), 1.0)
@@ -231,8 +250,10 @@ def test_stacked_step_equals_separate_losses() -> None:
     label = torch.tensor([0.0, 0, 0, 1, 1, 1])
     tgt = torch.tensor([0.3, 0.5, 1.0, 0, 0, 0])
     logits, theta = st(x)
-    loss = (F.binary_cross_entropy_with_logits(logits, label.expand(2, -1), reduction="none").mean(1)
-            + ((theta - tgt) ** 2).mean(1)).sum()
+    loss = (
+        F.binary_cross_entropy_with_logits(logits, label.expand(2, -1), reduction="none").mean(1)
+        + ((theta - tgt) ** 2).mean(1)
+    ).sum()
     loss.backward()
     for j, e in enumerate(eds):
         p, t = e(x[j])
@@ -261,8 +282,9 @@ def test_bad_parameters_and_data() -> None:
         TrainConfig(epochs=0).check()
     with pytest.raises(ParameterError, match="different layers"):
         train(cap, cap.subset_layers([0]), progress=False)
-    only_pos = Captured(cap.data, cap.layers, torch.ones_like(cap.label), cap.question, cap.sequence,
-                        cap.position, cap.token, cap.meta)
+    only_pos = Captured(
+        cap.data, cap.layers, torch.ones_like(cap.label), cap.question, cap.sequence, cap.position, cap.token, cap.meta
+    )
     with pytest.raises(DataError, match="no pairs"):
         train(only_pos, None, progress=False)
 
@@ -276,8 +298,9 @@ RECORDS = [
 
 
 def test_train_from_model_on_tiny_model(tiny_model, tokenizer, tmp_path) -> None:
-    es = train_from_model(tiny_model, tokenizer, RECORDS[:3], RECORDS[3:], k=2, epochs=1,
-                          progress=False, dataset="tiny")
+    es = train_from_model(
+        tiny_model, tokenizer, RECORDS[:3], RECORDS[3:], k=2, epochs=1, progress=False, dataset="tiny"
+    )
     assert sorted(es.editors) == [0, 1, 2, 3] and len(es.selected) == 2
     assert es.config["dataset"] == "tiny" and es.config["val_source"] == "val"
     es.save(tmp_path / "ed")
@@ -286,8 +309,7 @@ def test_train_from_model_on_tiny_model(tiny_model, tokenizer, tmp_path) -> None
     with back.apply(tiny_model):
         out = tiny_model(ids).logits
     assert torch.isfinite(out).all()
-    sub = train_from_model(tiny_model, tokenizer, RECORDS[:3], None, layers=[1, 3], k=5, epochs=1,
-                           progress=False)
+    sub = train_from_model(tiny_model, tokenizer, RECORDS[:3], None, layers=[1, 3], k=5, epochs=1, progress=False)
     assert sorted(sub.editors) == [1, 3] and sorted(sub.selected) == [1, 3]
 
 
@@ -316,9 +338,26 @@ def test_cli_train(tiny_model, tokenizer, tmp_path, capsys) -> None:
     tiny_model.save_pretrained(ckpt)
     tokenizer.save_pretrained(ckpt)
     _truthfulqa_csv(tmp_path / "TruthfulQA.csv")
+
     def argv(out, *extra: str) -> list[str]:
-        return ["train", "--model", str(ckpt), "--dataset", "truthfulqa", "--out", str(out), "--k", "2",
-                "--epochs", "1", "--source", "local", "--data-dir", str(tmp_path / "TruthfulQA.csv"), *extra]
+        return [
+            "train",
+            "--model",
+            str(ckpt),
+            "--dataset",
+            "truthfulqa",
+            "--out",
+            str(out),
+            "--k",
+            "2",
+            "--epochs",
+            "1",
+            "--source",
+            "local",
+            "--data-dir",
+            str(tmp_path / "TruthfulQA.csv"),
+            *extra,
+        ]
 
     assert cli_main(argv(tmp_path / "run")) == 0
     text = capsys.readouterr().out

@@ -9,8 +9,12 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser("cache", help="list or remove cached activations (0.1-1 GB each)")
     p.add_argument("--clear", action="store_true", help="remove the listed caches")
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="only the caches of this model (its name as in the list, e.g. smollm2-135m-instruct)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="only the caches of this model (its name as in the list, e.g. smollm2-135m-instruct)",
+    )
     p.set_defaults(func=cache)
 
 
@@ -30,7 +34,9 @@ def cache(args: argparse.Namespace) -> int:
         return 0
     print(f"{'model':<28} {'dataset':<11} {'split':<5} {'layers':>6} {'tokens':>8} {'size':>10}  file")
     for c in rows:
-        print(f"{c.model:<28} {c.dataset:<11} {c.split:<5} {c.layers:>6} {c.tokens:>8} {_mib(c.size):>10}  {c.path.name}")
+        print(
+            f"{c.model:<28} {c.dataset:<11} {c.split:<5} {c.layers:>6} {c.tokens:>8} {_mib(c.size):>10}  {c.path.name}"
+        )
     total = sum(c.size for c in rows)
     if args.clear:
         for c in rows:

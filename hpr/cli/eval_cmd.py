@@ -27,23 +27,36 @@ def register(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate a model (and an editing method) on a dataset split or any lm-eval task")
     p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="one of our datasets (or give --task)")
-    p.add_argument("--task", default=None, metavar="NAME|PATH.yaml",
-                   help="with --engine lm-eval: any lm-eval task, by name (lm-eval's registry) or task YAML path")
+    p.add_argument(
+        "--task",
+        default=None,
+        metavar="NAME|PATH.yaml",
+        help="with --engine lm-eval: any lm-eval task, by name (lm-eval's registry) or task YAML path",
+    )
     p.add_argument("--num-fewshot", type=int, default=None, help="--task: few-shot examples (default: the task's)")
-    p.add_argument("--method", default="base", type=method_name,
-                   help=f"editing method: {methods_help()}; default: base")
+    p.add_argument(
+        "--method", default="base", type=method_name, help=f"editing method: {methods_help()}; default: base"
+    )
     p.add_argument("--editors", default=None, metavar="DIR", help="directory the method was saved in")
     p.add_argument("--k", type=int, default=None, help="hpr, hpr-noangle, hpr-unit: edit only the top-k layers")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--engine", default="native", choices=("native", "lm-eval"))
     p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N examples only")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output directory (default: runs/eval/<model>/<dataset>-<split>/<method>-<engine>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output directory (default: runs/eval/<model>/<dataset>-<split>/<method>-<engine>)",
+    )
     add_data_options(p)
     add_model_options(p)
-    p.add_argument("--add-bos", default="tokenizer", choices=("tokenizer", "true", "false"),
-                   help="BOS token before each prompt: the tokenizer's default (lm-eval's), always one "
-                        "(true), or none (false, the paper authors' choice)")
+    p.add_argument(
+        "--add-bos",
+        default="tokenizer",
+        choices=("tokenizer", "true", "false"),
+        help="BOS token before each prompt: the tokenizer's default (lm-eval's), always one "
+        "(true), or none (false, the paper authors' choice)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="questions/choices per forward pass")
     p.add_argument("--force", action="store_true", help="re-score even if a finished run exists")
     p.set_defaults(func=_eval)
@@ -56,8 +69,11 @@ def default_out(args: argparse.Namespace) -> Path:
     name = args.method + (f"-k{args.k}" if args.k is not None else "") + f"-{args.engine}"
     if args.limit is not None:
         name += f"-n{args.limit}"
-    for flag, value, default in (("src", args.source, None), ("scheme", args.split_scheme, None),
-                                 ("bos", args.add_bos, "tokenizer")):
+    for flag, value, default in (
+        ("src", args.source, None),
+        ("scheme", args.split_scheme, None),
+        ("bos", args.add_bos, "tokenizer"),
+    ):
         if value != default:
             name += f"-{flag}-{value}"
     from hpr._files import slug
@@ -127,8 +143,17 @@ def _eval(args: argparse.Namespace) -> int:
         "editors_sha256": _dir_hash(args.editors) if args.editors else None,
     }
     res = evaluate(
-        model, tok, args.dataset, records, out, method=method, engine=args.engine,
-        batch_size=args.batch_size, config=config, force=args.force, timings={"load_s": round(load_s, 3)},
+        model,
+        tok,
+        args.dataset,
+        records,
+        out,
+        method=method,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        config=config,
+        force=args.force,
+        timings={"load_s": round(load_s, 3)},
         add_bos=_ADD_BOS[args.add_bos],
     )
     for name, m in res["metrics"].items():
@@ -150,11 +175,28 @@ def _eval_task(args: argparse.Namespace) -> int:
     method = load_method(args.method, args.editors, model, args.k)
     name = Path(args.task).stem if args.task.endswith((".yaml", ".yml")) else args.task
     out = Path(args.out) if args.out else Path("runs") / "eval" / slug(args.model) / f"task-{slug(name)}" / args.method
-    config = {"model": args.model, "method": args.method, "k": args.k, "split": "lm-eval",
-              "editors": str(Path(args.editors).resolve()) if args.editors else None,
-              "model_weights": weights_digest(model), "editors_sha256": _dir_hash(args.editors) if args.editors else None}
-    res = evaluate_task(model, tok, args.task, out, method=method, limit=args.limit, batch_size=args.batch_size,
-                        config=config, force=args.force, add_bos=_ADD_BOS[args.add_bos], num_fewshot=args.num_fewshot)
+    config = {
+        "model": args.model,
+        "method": args.method,
+        "k": args.k,
+        "split": "lm-eval",
+        "editors": str(Path(args.editors).resolve()) if args.editors else None,
+        "model_weights": weights_digest(model),
+        "editors_sha256": _dir_hash(args.editors) if args.editors else None,
+    }
+    res = evaluate_task(
+        model,
+        tok,
+        args.task,
+        out,
+        method=method,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        config=config,
+        force=args.force,
+        add_bos=_ADD_BOS[args.add_bos],
+        num_fewshot=args.num_fewshot,
+    )
     for metric, m in res["metrics"].items():
         err = "" if m["stderr"] is None else f" ± {m['stderr']:.4f}"
         print(f"{args.task} {metric}: {m['value']:.4f}{err} (n={m['n']})")

@@ -9,28 +9,62 @@ from typing import Any
 
 def register(sub: Any) -> None:
     run = sub.add_parser("run", help="execute the book's notebooks with papermill")
-    run.add_argument("--profile", default="cpu", help="parameter profile: cpu (default: the main study, what make book runs), cpu-extended (the extended notebook, hours) or gpu (every notebook)")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a notebook parameter (JSON value), e.g. -p model=org/name -p k=3")
-    run.add_argument("--only", action="append", default=None, metavar="NOTEBOOK",
-                     help="run only this notebook (repeatable), e.g. --only 04_benchmarks")
+    run.add_argument(
+        "--profile",
+        default="cpu",
+        help="parameter profile: cpu (default: the main study, what make book runs), cpu-extended (the extended notebook, hours) or gpu (every notebook)",
+    )
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a notebook parameter (JSON value), e.g. -p model=org/name -p k=3",
+    )
+    run.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="NOTEBOOK",
+        help="run only this notebook (repeatable), e.g. --only 04_benchmarks",
+    )
     run.add_argument("--force", action="store_true", help="re-execute notebooks that are up to date")
     run.add_argument("--root", default=".", help="repository root (default: .)")
     run.set_defaults(func=_run)
 
     sw = sub.add_parser("sweep", help="run a grid of study parameters as independent, resumable runs")
-    sw.add_argument("--file", default=None, metavar="SWEEP.yaml",
-                    help="a sweep file: profile, grid, parameters, only, executor, slurm (see README)")
+    sw.add_argument(
+        "--file",
+        default=None,
+        metavar="SWEEP.yaml",
+        help="a sweep file: profile, grid, parameters, only, executor, slurm (see README)",
+    )
     sw.add_argument("--folder", default="runs/sweeps/sweep", metavar="DIR", help="where the runs go (one folder each)")
     sw.add_argument("--profile", default=None, help="parameter profile (default: the file's, else cpu)")
-    sw.add_argument("-p", "--param", action="append", default=[], metavar="KEY=V1,V2",
-                    help="a grid dimension (comma-separated values; one value: a fixed parameter), e.g. -p seed=0,1,2")
+    sw.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a grid dimension (comma-separated values; one value: a fixed parameter), e.g. -p seed=0,1,2",
+    )
     sw.add_argument("--only", action="append", default=None, metavar="NOTEBOOK", help="notebooks each run executes")
-    sw.add_argument("--executor", default=None, choices=("local", "slurm", "submitit-local"),
-                    help="local (default): one run after another here; slurm: a job array via submitit")
-    sw.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                    help="a Slurm option for each job, e.g. --slurm partition=gpu --slurm gpus_per_node=1 "
-                         "--slurm time=240 (minutes) --slurm mem=64GB --slurm cpus_per_task=8")
+    sw.add_argument(
+        "--executor",
+        default=None,
+        choices=("local", "slurm", "submitit-local"),
+        help="local (default): one run after another here; slurm: a job array via submitit",
+    )
+    sw.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Slurm option for each job, e.g. --slurm partition=gpu --slurm gpus_per_node=1 "
+        "--slurm time=240 (minutes) --slurm mem=64GB --slurm cpus_per_task=8",
+    )
     sw.add_argument("--status", action="store_true", help="show each run's state from the files on disk and exit")
     sw.add_argument("--force", action="store_true", help="run every point again, also those done")
     sw.add_argument("--root", default=".", help="repository root (default: .)")
@@ -39,8 +73,12 @@ def register(sub: Any) -> None:
     book = sub.add_parser("book", help="build the Jupyter Book (warnings are errors, renders offline)")
     book.add_argument("--root", default=".", help="repository root (default: .)")
     book.add_argument("--runs", default="runs/book", help="results folder for the summary table")
-    book.add_argument("--sweep", default=None, metavar="DIR",
-                      help="show the results of this sweep folder (hpr sweep), aggregated over its runs")
+    book.add_argument(
+        "--sweep",
+        default=None,
+        metavar="DIR",
+        help="show the results of this sweep folder (hpr sweep), aggregated over its runs",
+    )
     book.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
     book.set_defaults(func=_book)
 

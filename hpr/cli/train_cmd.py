@@ -21,16 +21,24 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="embedded name, checkpoint dir, .gguf or hub id")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to save the trained method in")
-    p.add_argument("--method", default="hpr", type=method_name,
-                   help=f"method to train: {', '.join(HPR_FAMILY)} (HPR editors), or a baseline: iti, diff, "
-                        "diff-mse, lora (default: hpr)")
+    p.add_argument(
+        "--method",
+        default="hpr",
+        type=method_name,
+        help=f"method to train: {', '.join(HPR_FAMILY)} (HPR editors), or a baseline: iti, diff, "
+        "diff-mse, lora (default: hpr)",
+    )
     hpr_only = "HPR family only"
-    p.add_argument("--k", type=int, default=None, help=f"number of layers to edit, top-k by val accuracy (5; {hpr_only})")
+    p.add_argument(
+        "--k", type=int, default=None, help=f"number of layers to edit, top-k by val accuracy (5; {hpr_only})"
+    )
     p.add_argument("--epochs", type=int, default=None, help=f"training epochs (5; {hpr_only})")
     p.add_argument("--lr", type=float, default=None, help=f"learning rate (5e-4; {hpr_only})")
     p.add_argument("--batch-size", type=int, default=None, help=f"pairs per training step (16; {hpr_only})")
     p.add_argument("--layers", default=None, metavar="I,J,..", help=f"layers to train (all; {hpr_only})")
-    p.add_argument("--prompt-format", default=None, help=f"training prompt format, hpr.data.prompts (mc-letter; {hpr_only})")
+    p.add_argument(
+        "--prompt-format", default=None, help=f"training prompt format, hpr.data.prompts (mc-letter; {hpr_only})"
+    )
     add_data_options(p, seed_help="split, prompt-order and training seed (default: 0)")
     add_model_options(p)
     p.add_argument("--no-cache", action="store_true", help="recapture activations even if cached")
@@ -70,8 +78,10 @@ def _train(args: argparse.Namespace) -> int:
     given = [k for k in HPR_ONLY if getattr(args, k) is not None]
     if args.method not in HPR_FAMILY and given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ParameterError(f"{flags} set(s) HPR training, not {args.method!r}, whose options are its own "
-                             "defaults (see hpr.methods); drop them, or train --method hpr")
+        raise ParameterError(
+            f"{flags} set(s) HPR training, not {args.method!r}, whose options are its own "
+            "defaults (see hpr.methods); drop them, or train --method hpr"
+        )
     for k, default in HPR_ONLY.items():
         if getattr(args, k) is None:
             setattr(args, k, default)
@@ -87,18 +97,40 @@ def _train(args: argparse.Namespace) -> int:
     if args.method not in HPR_FAMILY:
         fit = getattr(methods, "fit_method", None)
         if fit is None:
-            raise ParameterError(f"method {args.method!r} needs hpr.methods.registry.fit_method, which this "
-                                 "installation lacks; use --method hpr")
+            raise ParameterError(
+                f"method {args.method!r} needs hpr.methods.registry.fit_method, which this "
+                "installation lacks; use --method hpr"
+            )
         spec = methods.parse_method(args.method)
-        fit(spec.family, model=model, tokenizer=tok, train=train_recs, val=val_recs, out=out,
-            seed=args.seed, dataset=args.dataset, **spec.fit_options)
+        fit(
+            spec.family,
+            model=model,
+            tokenizer=tok,
+            train=train_recs,
+            val=val_recs,
+            out=out,
+            seed=args.seed,
+            dataset=args.dataset,
+            **spec.fit_options,
+        )
         print(f"saved {args.method} to {out} ({time.perf_counter() - t0:.1f} s)")
         return 0
     es = train_from_model(
-        model, tok, train_recs, val_recs, layers=_layers(args.layers), k=args.k,
-        prompt_format=args.prompt_format, seed=args.seed, dataset=args.dataset,
-        cache=not args.no_cache, name=args.model, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, device=next(model.parameters()).device,
+        model,
+        tok,
+        train_recs,
+        val_recs,
+        layers=_layers(args.layers),
+        k=args.k,
+        prompt_format=args.prompt_format,
+        seed=args.seed,
+        dataset=args.dataset,
+        cache=not args.no_cache,
+        name=args.model,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=next(model.parameters()).device,
         **methods.HPR_TRAIN_OPTIONS[args.method],
     )
     if args.method == "hpr-noangle":
@@ -107,8 +139,10 @@ def _train(args: argparse.Namespace) -> int:
     es.config["total_seconds"] = round(time.perf_counter() - t0, 1)
     es.save(out)
     print(accuracy_table(es))
-    print(f"train pairs: {es.config['train_pairs']}  val pairs: {es.config['val_pairs']}  "
-          f"train tokens: {es.config['train_tokens']}")
+    print(
+        f"train pairs: {es.config['train_pairs']}  val pairs: {es.config['val_pairs']}  "
+        f"train tokens: {es.config['train_tokens']}"
+    )
     print(f"selected layers (top {args.k}): {es.selected}")
     print(f"saved {args.method} editors to {out} ({es.config['total_seconds']:.1f} s)")
     return 0

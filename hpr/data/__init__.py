@@ -15,5 +15,17 @@ from hpr.data.datasets import (
 )
 from hpr.data.records import DATASETS, Record, check_dataset
 
-__all__ = ["DATASETS", "SCHEMES", "SOURCES", "SPLITS", "Record", "cap_records", "check_dataset", "dataset_info",
-           "load_dataset", "load_split", "load_splits", "strata"]
+__all__ = [
+    "DATASETS",
+    "SCHEMES",
+    "SOURCES",
+    "SPLITS",
+    "Record",
+    "cap_records",
+    "check_dataset",
+    "dataset_info",
+    "load_dataset",
+    "load_split",
+    "load_splits",
+    "strata",
+]

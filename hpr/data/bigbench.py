@@ -73,7 +73,7 @@ def question_of(inputs: str) -> str:
     task prefix); ``inputs`` itself when it is not in that form."""
     head = INPUT_PREFIX.strip() + " "
     if inputs.startswith(head) and CHOICE_PREFIX in inputs:
-        return inputs[len(head): inputs.index(CHOICE_PREFIX)]
+        return inputs[len(head) : inputs.index(CHOICE_PREFIX)]
     return inputs
 
 
@@ -89,8 +89,7 @@ def _index_url() -> str:
 
 def _sdist_url() -> str:
     name = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
-    req = urllib.request.Request(f"{_index_url()}/bigbench/",
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    req = urllib.request.Request(f"{_index_url()}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         index = json.load(r)
     for f in index.get("files", []):
@@ -134,8 +133,10 @@ def fetch_bigbench(progress: Callable[[str], None] | None = None) -> Path:
                 "network or PIP_INDEX_URL, or pass --data-dir / HPR_DATA_DIR with the task files"
             ) from exc
         if h.hexdigest() != BIGBENCH_SHA256:
-            raise DataError(f"bigbench sdist sha256 {h.hexdigest()} != expected {BIGBENCH_SHA256}; "
-                            "the download is corrupt or tampered: rerun `hpr fetch`")
+            raise DataError(
+                f"bigbench sdist sha256 {h.hexdigest()} != expected {BIGBENCH_SHA256}; "
+                "the download is corrupt or tampered: rerun `hpr fetch`"
+            )
         say(f"sha256 verified; extracting task files into {dest}")
         n = extract_bigbench(tmp, dest)
         write_json(dest / _DONE, {"sha256": BIGBENCH_SHA256, "files": n})
@@ -157,7 +158,7 @@ def extract_bigbench(tarball: Path, dest: Path) -> int:
                     continue
                 if not m.name.startswith(_BB_PREFIX) or not m.isfile():
                     continue
-                rel = m.name[len(_BB_PREFIX):]
+                rel = m.name[len(_BB_PREFIX) :]
                 if not _BB_WANTED.match(rel) or ".." in rel.split("/"):
                     continue
                 fh = tar.extractfile(m)
@@ -176,12 +177,23 @@ def extract_bigbench(tarball: Path, dest: Path) -> int:
 # ---------------------------------------------------------------- hub rows (hails/bigbench)
 #: BBQ-lite's subtasks in BIG-bench's order (``task_metadata.json``), as the hub rows list them.
 BBQ_SUBTASKS: tuple[str, ...] = tuple(
-    f"{c}_{a}" for c in ("age", "disability_status", "gender_identity", "nationality", "physical_appearance",
-                         "race_ethnicity", "religion", "ses", "sexual_orientation") for a in ("ambig", "disambig"))
+    f"{c}_{a}"
+    for c in (
+        "age",
+        "disability_status",
+        "gender_identity",
+        "nationality",
+        "physical_appearance",
+        "race_ethnicity",
+        "religion",
+        "ses",
+        "sexual_orientation",
+    )
+    for a in ("ambig", "disambig")
+)
 
 
-def parse_bigbench_rows(rows: Sequence[Mapping[str, Any]], split: str,
-                        subtasks: Sequence[str] = ()) -> Parsed:
+def parse_bigbench_rows(rows: Sequence[Mapping[str, Any]], split: str, subtasks: Sequence[str] = ()) -> Parsed:
     """``hails/bigbench`` ``<task>_zero_shot`` rows (``inputs``, ``multiple_choice_targets``,
     ``multiple_choice_scores``, ``idx``). ``meta["inputs"]`` keeps ``inputs`` verbatim (the scoring
     context); the prompt is the raw question inside it (``bigbench.question_of``).
@@ -197,15 +209,19 @@ def parse_bigbench_rows(rows: Sequence[Mapping[str, Any]], split: str,
             inputs, targets = str(r["inputs"]), [str(c) for c in r["multiple_choice_targets"]]
             scores = [float(x) for x in r["multiple_choice_scores"]]
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"hub row {split}/{i} lacks inputs/multiple_choice_targets/multiple_choice_scores "
-                            f"({exc}); use hails/bigbench, config <task>_zero_shot") from exc
+            raise DataError(
+                f"hub row {split}/{i} lacks inputs/multiple_choice_targets/multiple_choice_scores "
+                f"({exc}); use hails/bigbench, config <task>_zero_shot"
+            ) from exc
         if i == 0 or int(r.get("idx", 1) or 0) == 0:
             part += 1
         m: dict[str, Any] = {"inputs": inputs, "hub_split": split}
         if subtasks:
             if part >= len(subtasks):
-                raise DataError(f"hub rows {split}: more than {len(subtasks)} subtask runs (idx restarts); "
-                                "the hub copy does not match BIG-bench's BBQ-lite")
+                raise DataError(
+                    f"hub rows {split}: more than {len(subtasks)} subtask runs (idx restarts); "
+                    "the hub copy does not match BIG-bench's BBQ-lite"
+                )
             cat, amb = subtasks[part].rsplit("_", 1)
             m.update(category=cat, ambiguity=amb, subtask=subtasks[part])
         correct = [j for j, x in enumerate(scores) if x == 1.0]

@@ -92,8 +92,10 @@ class Dataset:
 def resolve_source(source: str | None) -> str:
     s = source or os.environ.get("HPR_DATA_SOURCE") or "bigbench"
     if s not in SOURCES:
-        raise DataError(f"unknown data source {s!r}; choose one of {', '.join(SOURCES)} "
-                        "(parameter source / --source or HPR_DATA_SOURCE)")
+        raise DataError(
+            f"unknown data source {s!r}; choose one of {', '.join(SOURCES)} "
+            "(parameter source / --source or HPR_DATA_SOURCE)"
+        )
     return s
 
 
@@ -112,13 +114,16 @@ def _bbq(bb: Path) -> Parsed:
     root = confined(bb, "bbq_lite_json")
     subs = sorted(p for p in root.glob("*_*ambig") if (p / "task.json").is_file()) if root.is_dir() else []
     if not subs:
-        raise DataError(f"no BBQ-lite tasks under {root} (expected <category>_ambig/task.json and "
-                        "<category>_disambig/task.json); use the BIG-bench layout or rerun `hpr fetch`")
+        raise DataError(
+            f"no BBQ-lite tasks under {root} (expected <category>_ambig/task.json and "
+            "<category>_disambig/task.json); use the BIG-bench layout or rerun `hpr fetch`"
+        )
     out = Parsed([])
     for sub in subs:
         cat, amb = sub.name.rsplit("_", 1)
-        got = parse_bigbench_task(confined(bb, sub / "task.json"),
-                                  {"category": cat, "ambiguity": amb, "subtask": sub.name})
+        got = parse_bigbench_task(
+            confined(bb, sub / "task.json"), {"category": cat, "ambiguity": amb, "subtask": sub.name}
+        )
         for it in got.items:
             it.key = f"{sub.name}-{it.key}"
         out.items += got.items
@@ -152,16 +157,22 @@ def _local_file(name: str, path: Path) -> Parsed:
 
 
 _LOCAL_CANDIDATES = {
-    "truthfulqa": ("TruthfulQA.csv", "mc_task.json", "data/TruthfulQA.csv", "data/mc_task.json",
-                   "truthful_qa/questions.json", "bigbench/truthful_qa/questions.json", "questions.json"),
+    "truthfulqa": (
+        "TruthfulQA.csv",
+        "mc_task.json",
+        "data/TruthfulQA.csv",
+        "data/mc_task.json",
+        "truthful_qa/questions.json",
+        "bigbench/truthful_qa/questions.json",
+        "questions.json",
+    ),
     "seq": ("simple_ethical_questions/task.json", "bigbench/simple_ethical_questions/task.json", "task.json"),
 }
 
 
 def _from_local(name: str, root: Path | None) -> tuple[Parsed, str]:
     if root is None:
-        raise DataError("source 'local' needs a data directory or file: pass data_dir / --data-dir "
-                        "or set HPR_DATA_DIR")
+        raise DataError("source 'local' needs a data directory or file: pass data_dir / --data-dir or set HPR_DATA_DIR")
     if root.is_file():
         return _local_file(name, root), str(root)
     if name == "bbq":
@@ -174,13 +185,14 @@ def _from_local(name: str, root: Path | None) -> tuple[Parsed, str]:
         p = confined(root, cand)
         if p.is_file():
             return _local_file(name, p), str(p)
-    raise DataError(f"no {name} file found in {root}; expected one of "
-                    f"{', '.join(_LOCAL_CANDIDATES.get(name, ('bbq_lite_json/<cat>_<ambig>/task.json',)))}")
+    raise DataError(
+        f"no {name} file found in {root}; expected one of "
+        f"{', '.join(_LOCAL_CANDIDATES.get(name, ('bbq_lite_json/<cat>_<ambig>/task.json',)))}"
+    )
 
 
 # ---------------------------------------------------------------- public API
-def load_dataset(name: str, *, source: str | None = None,
-                 data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+def load_dataset(name: str, *, source: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """Every record of dataset ``name`` (unsplit, file order) with where it came from."""
     _check_dataset(name)
     src = resolve_source(source)
@@ -197,17 +209,24 @@ def load_dataset(name: str, *, source: str | None = None,
         bb = bigbench_dir(root) if root is not None else fetch_bigbench()
         parsed, origin = _from_bigbench(name, bb), str(bb)
     if not parsed.items:
-        raise DataError(f"{origin} holds no usable {name} examples ({len(parsed.skipped)} skipped); every "
-                        "example needs at least one correct and one incorrect answer: use the original files")
+        raise DataError(
+            f"{origin} holds no usable {name} examples ({len(parsed.skipped)} skipped); every "
+            "example needs at least one correct and one incorrect answer: use the original files"
+        )
     if parsed.skipped:
-        msg = (f"{name}: skipped {len(parsed.skipped)} example(s) with no correct or no incorrect "
-               f"answer, e.g. {parsed.skipped[0]}")
+        msg = (
+            f"{name}: skipped {len(parsed.skipped)} example(s) with no correct or no incorrect "
+            f"answer, e.g. {parsed.skipped[0]}"
+        )
         _log.warning(msg)
         warnings.warn(msg, stacklevel=3)
     recs = [_record(name, it) for it in parsed.items]
     pos = {it.key: j for j, it in enumerate(parsed.items)}
-    given = given_keys if not isinstance(given_keys, dict) else {
-        k: [pos[x] for x in v if x in pos] for k, v in given_keys.items()}
+    given = (
+        given_keys
+        if not isinstance(given_keys, dict)
+        else {k: [pos[x] for x in v if x in pos] for k, v in given_keys.items()}
+    )
     return Dataset(name, src, origin, recs, parsed.skipped, given)
 
 
@@ -215,13 +234,21 @@ def _record(name: str, it: Item) -> Record:
     prompt = TOXIGEN_PROMPT.format(text=it.prompt) if name == "toxigen" else it.prompt
     meta = {**it.meta, "text": it.prompt} if name == "toxigen" else it.meta
     mc = name == "truthfulqa"  # best/mc1/mc2 are TruthfulQA's notions only
-    return Record(f"{name}-{it.key}", prompt, tuple(it.choices), tuple(it.correct), meta,
-                  it.best if mc else None, tuple(it.mc1) if mc and it.mc1 is not None else None,
-                  tuple(it.mc2) if mc and it.mc2 is not None else None)
+    return Record(
+        f"{name}-{it.key}",
+        prompt,
+        tuple(it.choices),
+        tuple(it.correct),
+        meta,
+        it.best if mc else None,
+        tuple(it.mc1) if mc and it.mc1 is not None else None,
+        tuple(it.mc2) if mc and it.mc2 is not None else None,
+    )
 
 
 def split_sizes(name: str, n: int) -> tuple[int, int, int]:
     """(train, val, test) counts for ``n`` examples of dataset ``name``."""
+
     def half_up(x: float) -> int:
         return int(x + 0.5)
 
@@ -238,7 +265,7 @@ def split_records(name: str, records: list[Record], seed: int = 0) -> dict[str, 
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     tr, va, _ = split_sizes(name, len(records))
-    parts = {"train": order[:tr], "val": order[tr:tr + va], "test": order[tr + va:]}
+    parts = {"train": order[:tr], "val": order[tr : tr + va], "test": order[tr + va :]}
     return {k: [records[i] for i in sorted(v)] for k, v in parts.items()}
 
 
@@ -258,8 +285,9 @@ def split_dataset(ds: Dataset, seed: int = 0, scheme: str | None = None) -> dict
     if isinstance(ds.given, str):
         raise DataError(ds.given)
     if ds.given is None:
-        raise ParameterError(f"split scheme 'paper' needs the paper's data: use source 'hub' (this is "
-                             f"{ds.source!r}), or scheme 'seeded'")
+        raise ParameterError(
+            f"split scheme 'paper' needs the paper's data: use source 'hub' (this is {ds.source!r}), or scheme 'seeded'"
+        )
     parts = dict(ds.given)
     if "val" not in parts:  # train split again 80/20, seeded
         order = list(parts["train"])
@@ -269,24 +297,42 @@ def split_dataset(ds: Dataset, seed: int = 0, scheme: str | None = None) -> dict
     return {k: [ds.records[i] for i in sorted(parts[k])] for k in SPLITS}
 
 
-def load_splits(dataset: str, *, source: str | None = None, data_dir: str | os.PathLike[str] | None = None,
-                seed: int = 0, scheme: str | None = None) -> dict[str, list[Record]]:
+def load_splits(
+    dataset: str,
+    *,
+    source: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    scheme: str | None = None,
+) -> dict[str, list[Record]]:
     """``{"train", "val", "test"}`` record lists of ``dataset`` (see module docstring)."""
     resolve_scheme(scheme, resolve_source(source))  # fail fast, before reading any data
     return split_dataset(load_dataset(dataset, source=source, data_dir=data_dir), seed, scheme)
 
 
-def load_split(dataset: str, split: str, *, source: str | None = None,
-               data_dir: str | os.PathLike[str] | None = None, seed: int = 0,
-               scheme: str | None = None) -> list[Record]:
+def load_split(
+    dataset: str,
+    split: str,
+    *,
+    source: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    scheme: str | None = None,
+) -> list[Record]:
     """One split (``train``, ``val`` or ``test``) of ``dataset`` as Records."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return load_splits(dataset, source=source, data_dir=data_dir, seed=seed, scheme=scheme)[split]
 
 
-def dataset_info(dataset: str, *, source: str | None = None, data_dir: str | os.PathLike[str] | None = None,
-                 seed: int = 0, scheme: str | None = None) -> dict[str, Any]:
+def dataset_info(
+    dataset: str,
+    *,
+    source: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    scheme: str | None = None,
+) -> dict[str, Any]:
     """Name, source, scheme, origin, split sizes and skipped count; ``unavailable`` = reason on DataError."""
     sch = resolve_scheme(scheme, resolve_source(source))
     try:
@@ -296,8 +342,15 @@ def dataset_info(dataset: str, *, source: str | None = None, data_dir: str | os.
     except DataError as exc:
         return {"dataset": dataset, "source": resolve_source(source), "scheme": sch, "unavailable": str(exc)}
     sizes = {k: len(v) for k, v in split_dataset(ds, seed, sch).items()}
-    return {"dataset": dataset, "source": ds.source, "scheme": sch, "origin": ds.origin, **sizes,
-            "total": len(ds.records), "skipped": len(ds.skipped)}
+    return {
+        "dataset": dataset,
+        "source": ds.source,
+        "scheme": sch,
+        "origin": ds.origin,
+        **sizes,
+        "total": len(ds.records),
+        "skipped": len(ds.skipped),
+    }
 
 
 # ---------------------------------------------------------------- caps

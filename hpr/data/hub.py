@@ -21,8 +21,10 @@ def _mirror_rows(mirror: Path, path: str, config: str, split: str) -> list[dict[
     ``datasets.load_dataset(path, config, split=split).to_json(file)``)."""
     file = mirror / path / config / f"{split}.jsonl"
     if not file.is_file():
-        raise DataError(f"HPR_HUB_MIRROR={mirror} has no {path}/{config}/{split}.jsonl; export that split there "
-                        "(datasets.load_dataset(...).to_json(file)) or unset HPR_HUB_MIRROR to use the hub")
+        raise DataError(
+            f"HPR_HUB_MIRROR={mirror} has no {path}/{config}/{split}.jsonl; export that split there "
+            "(datasets.load_dataset(...).to_json(file)) or unset HPR_HUB_MIRROR to use the hub"
+        )
     try:
         return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
@@ -42,8 +44,10 @@ def _hub_rows(path: str, config: str, split: str) -> list[dict[str, Any]]:
         ok, why = False, "HF_DATASETS_OFFLINE is set"
     else:
         ok, why = hub_reachable()
-    fix = ("use source 'bigbench' (the offline default) or 'local' with --data-dir, or run where "
-           "the Hugging Face hub is reachable")
+    fix = (
+        "use source 'bigbench' (the offline default) or 'local' with --data-dir, or run where "
+        "the Hugging Face hub is reachable"
+    )
     if not ok:
         raise DataError(f"source 'hub' needs the Hugging Face hub, which is unreachable ({why}); {fix}")
     try:
@@ -51,8 +55,9 @@ def _hub_rows(path: str, config: str, split: str) -> list[dict[str, Any]]:
 
         return [dict(r) for r in datasets.load_dataset(path, config, split=split)]
     except Exception as exc:  # network, auth and format errors all surface here
-        raise DataError(f"could not load {path}/{config} [{split}] from the hub "
-                        f"({type(exc).__name__}: {exc}); {fix}") from exc
+        raise DataError(
+            f"could not load {path}/{config} [{split}] from the hub ({type(exc).__name__}: {exc}); {fix}"
+        ) from exc
 
 
 #: hub (path, config, train split, test split) per dataset; TruthfulQA has one split and a split file.
@@ -74,8 +79,9 @@ def paper_truthfulqa_split(n_rows: int) -> dict[str, list[int]]:
         raise DataError(f"cannot read the paper split file {PAPER_SPLITS} ({exc}); reinstall hpr") from exc
     flat = [i for v in out.values() for i in v]
     if len(set(flat)) != len(flat) or not all(isinstance(i, int) and 0 <= i < n_rows for i in flat):
-        raise DataError(f"{PAPER_SPLITS} does not index {n_rows} disjoint rows; the hub's truthful_qa changed: "
-                        "use scheme 'seeded'")
+        raise DataError(
+            f"{PAPER_SPLITS} does not index {n_rows} disjoint rows; the hub's truthful_qa changed: use scheme 'seeded'"
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -92,13 +98,17 @@ def from_hub(name: str) -> tuple[Parsed, str, dict[str, list[str]] | str]:
             else:
                 out.skipped.append(f"truthful_qa: question {i} ({it})")
         try:
-            given: dict[str, list[str]] | str = {k: [str(i) for i in v]
-                                                 for k, v in paper_truthfulqa_split(len(rows)).items()}
+            given: dict[str, list[str]] | str = {
+                k: [str(i) for i in v] for k, v in paper_truthfulqa_split(len(rows)).items()
+            }
         except DataError as exc:  # only the 'paper' scheme needs it: raised there
             given = str(exc)
         return out, f"hub:{path}/{config}", given
-    parse = parse_toxigen_rows if name == "toxigen" else (
-        lambda rows, split: parse_bigbench_rows(rows, split, BBQ_SUBTASKS if name == "bbq" else ()))
+    parse = (
+        parse_toxigen_rows
+        if name == "toxigen"
+        else (lambda rows, split: parse_bigbench_rows(rows, split, BBQ_SUBTASKS if name == "bbq" else ()))
+    )
     a, b = parse(_hub_rows(path, config, tr), tr), parse(_hub_rows(path, config, te), te)
     given = {"train": [it.key for it in a.items], "test": [it.key for it in b.items]}
     return Parsed(a.items + b.items, a.skipped + b.skipped), f"hub:{path}/{config}[{tr},{te}]", given

@@ -55,12 +55,20 @@ class Record:
     def from_dict(cls, d: Mapping[str, Any]) -> Record:
         """Inverse of ``to_dict``; ``best``, ``mc1``, ``mc2`` and ``meta`` are optional.
         KeyError/TypeError when ``id``, ``prompt``, ``choices`` or ``correct`` is missing or wrong."""
+
         def ints(x: Any) -> tuple[int, ...] | None:
             return None if x is None else tuple(int(i) for i in x)
 
-        return cls(str(d["id"]), str(d["prompt"]), tuple(str(c) for c in d["choices"]),
-                   tuple(int(i) for i in d["correct"]), dict(d.get("meta") or {}),
-                   None if d.get("best") is None else int(d["best"]), ints(d.get("mc1")), ints(d.get("mc2")))
+        return cls(
+            str(d["id"]),
+            str(d["prompt"]),
+            tuple(str(c) for c in d["choices"]),
+            tuple(int(i) for i in d["correct"]),
+            dict(d.get("meta") or {}),
+            None if d.get("best") is None else int(d["best"]),
+            ints(d.get("mc1")),
+            ints(d.get("mc2")),
+        )
 
 
 #: The datasets of the study, in the order of the paper's tables.

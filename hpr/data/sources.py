@@ -142,8 +142,15 @@ def truthful_item(
     return Item(key, question.strip(), t + f, list(range(len(t))), meta, b, [b, *falses], list(range(len(t) + len(f))))
 
 
-def mc_sets_item(key: str, question: str, true: Iterable[str], false: Iterable[str], best: str | None,
-                 mc1_false: Iterable[str], meta: dict[str, Any]) -> Item | str:
+def mc_sets_item(
+    key: str,
+    question: str,
+    true: Iterable[str],
+    false: Iterable[str],
+    best: str | None,
+    mc1_false: Iterable[str],
+    meta: dict[str, Any],
+) -> Item | str:
     """A TruthfulQA question from its two canonical choice sets; or a skip reason.
 
     MC2 = ``true`` + ``false`` exactly (``mc2_targets``); MC1 = ``best`` + ``mc1_false``
@@ -162,8 +169,16 @@ def mc_sets_item(key: str, question: str, true: Iterable[str], false: Iterable[s
         if c not in choices:
             choices.append(c)
     correct = list(range(len(t))) + ([choices.index(b)] if b not in t else [])
-    return Item(key, question.strip(), choices, correct, meta, choices.index(b),
-                [choices.index(b), *(choices.index(c) for c in wrong)], mc2)
+    return Item(
+        key,
+        question.strip(),
+        choices,
+        correct,
+        meta,
+        choices.index(b),
+        [choices.index(b), *(choices.index(c) for c in wrong)],
+        mc2,
+    )
 
 
 def mc1_sets(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -191,18 +206,27 @@ def parse_truthfulqa_questions(path: Path, task_mc: Path | None = None) -> Parse
     mc1 = mc1_sets(task_mc) if task_mc is not None else {}
     out = Parsed([])
     for i, e in enumerate(_examples(read_json(path), path, "Question")):
-        if not isinstance(e["Question"], str) or not _str_list(e.get("True answers", [])) \
-                or not _str_list(e.get("False answers", [])) or not isinstance(e.get("Best answer", ""), str | None):
-            raise _bad_example(path, i, "'Question' and 'Best answer' must be strings, 'True answers' and "
-                               "'False answers' lists of strings")
+        if (
+            not isinstance(e["Question"], str)
+            or not _str_list(e.get("True answers", []))
+            or not _str_list(e.get("False answers", []))
+            or not isinstance(e.get("Best answer", ""), str | None)
+        ):
+            raise _bad_example(
+                path,
+                i,
+                "'Question' and 'Best answer' must be strings, 'True answers' and 'False answers' lists of strings",
+            )
         meta = {"category": e.get("Category", "")}
         got = mc1.get(e["Question"].strip())
         if got is not None:
-            it = mc_sets_item(str(i), e["Question"], e.get("True answers", []), e.get("False answers", []),
-                              got[0], got[1], meta)
+            it = mc_sets_item(
+                str(i), e["Question"], e.get("True answers", []), e.get("False answers", []), got[0], got[1], meta
+            )
         else:
-            it = truthful_item(str(i), e["Question"], e.get("True answers", []), e.get("False answers", []),
-                               e.get("Best answer"), meta)
+            it = truthful_item(
+                str(i), e["Question"], e.get("True answers", []), e.get("False answers", []), e.get("Best answer"), meta
+            )
         _add(out, it, path, i)
     return out
 
@@ -226,8 +250,14 @@ def parse_truthfulqa_csv(path: Path) -> Parsed:
         if any(r.get(c) is None for c in need):
             raise DataError(f"{path} row {i + 2} is truncated (missing columns); restore the original file")
         meta = {"category": r.get("Category") or "", "type": r.get("Type") or ""}
-        it = truthful_item(str(i), r["Question"], r["Correct Answers"].split(";"),
-                           r["Incorrect Answers"].split(";"), r["Best Answer"], meta)
+        it = truthful_item(
+            str(i),
+            r["Question"],
+            r["Correct Answers"].split(";"),
+            r["Incorrect Answers"].split(";"),
+            r["Best Answer"],
+            meta,
+        )
         _add(out, it, path, i)
     return out
 
@@ -243,16 +273,24 @@ def _targets(t: Any, path: Path, i: int) -> list[tuple[str, int]]:
     raise DataError(f"{path} question {i}: targets must be an object of answer -> 0/1; use the original file")
 
 
-def mc_targets_item(key: str, question: str, mc1: Any, mc2: Any, path: Path, i: int,
-                    meta: dict[str, Any]) -> Item | str:
+def mc_targets_item(
+    key: str, question: str, mc1: Any, mc2: Any, path: Path, i: int, meta: dict[str, Any]
+) -> Item | str:
     """A TruthfulQA question from its ``mc1_targets``/``mc2_targets`` (``mc_sets_item``)."""
     if not isinstance(question, str):
         raise _bad_example(path, i, "the question must be a string")
     t2 = _targets(mc2, path, i)
     t1 = _targets(mc1, path, i)
     best = next((c for c, lab in t1 if lab == 1), None)
-    return mc_sets_item(key, question, [c for c, lab in t2 if lab == 1], [c for c, lab in t2 if lab != 1],
-                        best, [c for c, lab in t1 if lab != 1], meta)
+    return mc_sets_item(
+        key,
+        question,
+        [c for c, lab in t2 if lab == 1],
+        [c for c, lab in t2 if lab != 1],
+        best,
+        [c for c, lab in t1 if lab != 1],
+        meta,
+    )
 
 
 def parse_mc_task(path: Path) -> Parsed:
@@ -261,12 +299,13 @@ def parse_mc_task(path: Path) -> Parsed:
     if not isinstance(data, list) or not all(
         isinstance(e, dict) and {"question", "mc1_targets", "mc2_targets"} <= set(e) for e in data
     ):
-        raise DataError(f"{path} is not TruthfulQA's mc_task.json (a list of {{question, mc1_targets, "
-                        "mc2_targets}}); use the original file")
+        raise DataError(
+            f"{path} is not TruthfulQA's mc_task.json (a list of {{question, mc1_targets, "
+            "mc2_targets}}); use the original file"
+        )
     out = Parsed([])
     for i, e in enumerate(data):
-        _add(out, mc_targets_item(str(i), e["question"], e["mc1_targets"], e["mc2_targets"], path, i, {}),
-             path, i)
+        _add(out, mc_targets_item(str(i), e["question"], e["mc1_targets"], e["mc2_targets"], path, i, {}), path, i)
     return out
 
 
@@ -285,8 +324,11 @@ def parse_bigbench_task(path: Path, meta: dict[str, Any] | None = None) -> Parse
         m = dict(meta or {})
         com = e.get("comment")
         if isinstance(com, dict):
-            for src, dst in (("category", "category"), ("context_condition", "ambiguity"),
-                             ("question_polarity", "polarity")):
+            for src, dst in (
+                ("category", "category"),
+                ("context_condition", "ambiguity"),
+                ("question_polarity", "polarity"),
+            ):
                 if src in com:
                     m[dst] = com[src]
         if not correct or len(correct) == len(choices):
@@ -304,8 +346,9 @@ def toxigen_label(row: Mapping[str, Any]) -> int:
     try:
         return int(float(row["toxicity_ai"]) + float(row["toxicity_human"]) > 5.5)
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"ToxiGen row lacks numeric toxicity_ai/toxicity_human ({exc}); use "
-                        "skg/toxigen-data, config 'annotated'") from exc
+        raise DataError(
+            f"ToxiGen row lacks numeric toxicity_ai/toxicity_human ({exc}); use skg/toxigen-data, config 'annotated'"
+        ) from exc
 
 
 def parse_toxigen_rows(rows: Sequence[Mapping[str, Any]], split: str) -> Parsed:
@@ -314,9 +357,19 @@ def parse_toxigen_rows(rows: Sequence[Mapping[str, Any]], split: str) -> Parsed:
     out = Parsed([])
     for i, r in enumerate(rows):
         y = toxigen_label(r)
-        out.items.append(Item(f"{split}-{i}", str(r.get("text", "")).strip(), ["No", "Yes"], [y],
-                              {"target_group": str(r.get("target_group") or ""),
-                               "label": "hate" if y else "neutral", "hub_split": split}))
+        out.items.append(
+            Item(
+                f"{split}-{i}",
+                str(r.get("text", "")).strip(),
+                ["No", "Yes"],
+                [y],
+                {
+                    "target_group": str(r.get("target_group") or ""),
+                    "label": "hate" if y else "neutral",
+                    "hub_split": split,
+                },
+            )
+        )
     return out
 
 
@@ -343,9 +396,15 @@ def parse_toxigen(prompts: Path) -> Parsed:
                 s = s[2:].strip()
                 if s and s not in seen:
                     seen.add(s)
-                    out.items.append(Item(f"{group}-{label}-{len(seen) - 1}", s, ["No", "Yes"],
-                                          [1 if label == "hate" else 0],
-                                          {"target_group": group, "label": label, "file": f.name}))
+                    out.items.append(
+                        Item(
+                            f"{group}-{label}-{len(seen) - 1}",
+                            s,
+                            ["No", "Yes"],
+                            [1 if label == "hate" else 0],
+                            {"target_group": group, "label": label, "file": f.name},
+                        )
+                    )
     if not out.items:
         raise DataError(f"no statements found in {prompts}: lines must hold '- statement' parts")
     return out

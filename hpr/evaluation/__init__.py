@@ -8,5 +8,15 @@ from hpr.evaluation.evaluate import evaluate_task, load_predictions, load_result
 from hpr.evaluation.metrics import flip_rates, predict, summarize
 from hpr.evaluation.scoring import Request, score, score_full
 
-__all__ = ["Request", "evaluate_task", "flip_rates", "load_predictions", "load_results", "predict", "read_results",
-           "score", "score_full", "summarize"]
+__all__ = [
+    "Request",
+    "evaluate_task",
+    "flip_rates",
+    "load_predictions",
+    "load_results",
+    "predict",
+    "read_results",
+    "score",
+    "score_full",
+    "summarize",
+]

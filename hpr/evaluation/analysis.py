@@ -27,18 +27,23 @@ NEAR_ZERO = 0.01
 def _layer_pairs(editors: EditorSet, cap: Captured, threshold: float) -> tuple[list[int], Tensor, Tensor]:
     layers = [layer for layer in cap.layers if layer in editors.editors]
     if not layers:
-        raise DataError(f"no captured layer {cap.layers} has an editor (editors: {sorted(editors.editors)}); "
-                        "capture the layers the editors were trained on")
+        raise DataError(
+            f"no captured layer {cap.layers} has an editor (editors: {sorted(editors.editors)}); "
+            "capture the layers the editors were trained on"
+        )
     neg, pos = cap.pairs(threshold)
     if len(neg) == 0:
-        raise DataError("the captured activations give no (negative, positive) pairs; each question needs "
-                        "a correct and an incorrect answer")
+        raise DataError(
+            "the captured activations give no (negative, positive) pairs; each question needs "
+            "a correct and an incorrect answer"
+        )
     return layers, neg, pos
 
 
 @torch.no_grad()
-def angle_fit_per_layer(editors: EditorSet, cap: Captured, threshold: float = SHARED_THRESHOLD,
-                        chunk: int = 8192) -> Any:
+def angle_fit_per_layer(
+    editors: EditorSet, cap: Captured, threshold: float = SHARED_THRESHOLD, chunk: int = 8192
+) -> Any:
     """Predicted vs target angle on ``cap``'s pair negatives, per layer: a pandas DataFrame.
 
     Columns: ``layer``, ``pairs``, ``mean_target`` (``angle(a_neg, a_pos)``), ``mean_pred``
@@ -57,11 +62,27 @@ def angle_fit_per_layer(editors: EditorSet, cap: Captured, threshold: float = SH
         for s in range(0, len(neg), chunk):
             a, b = x[neg[s : s + chunk]].float(), x[pos[s : s + chunk]].float()
             target, pred = angle_between(a, b).double(), editor.theta(a).double()
-            sums += torch.stack([target.sum(), pred.sum(), (pred - target).abs().sum(),
-                                 (pred < NEAR_ZERO).double().sum(), a.double().norm(dim=-1).sum()])
+            sums += torch.stack(
+                [
+                    target.sum(),
+                    pred.sum(),
+                    (pred - target).abs().sum(),
+                    (pred < NEAR_ZERO).double().sum(),
+                    a.double().norm(dim=-1).sum(),
+                ]
+            )
         m = (sums / len(neg)).tolist()
-        rows.append({"layer": layer, "pairs": int(len(neg)), "mean_target": m[0], "mean_pred": m[1],
-                     "mean_abs_error": m[2], f"share_pred_below_{NEAR_ZERO}": m[3], "mean_input_norm": m[4]})
+        rows.append(
+            {
+                "layer": layer,
+                "pairs": int(len(neg)),
+                "mean_target": m[0],
+                "mean_pred": m[1],
+                "mean_abs_error": m[2],
+                f"share_pred_below_{NEAR_ZERO}": m[3],
+                "mean_input_norm": m[4],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -84,8 +105,7 @@ def plane_share(a_neg: Tensor, a_pos: Tensor, w: Tensor) -> tuple[Tensor, Tensor
 
 
 @torch.no_grad()
-def plane_assumption(editors: EditorSet, cap: Captured, threshold: float = SHARED_THRESHOLD,
-                     chunk: int = 8192) -> Any:
+def plane_assumption(editors: EditorSet, cap: Captured, threshold: float = SHARED_THRESHOLD, chunk: int = 8192) -> Any:
     """HPR's plane assumption measured per layer on ``cap``'s pairs: a pandas DataFrame.
 
     Columns: ``layer``, ``pairs``, ``mean_share`` and ``median_share`` (``plane_share``: the share of
@@ -107,9 +127,16 @@ def plane_assumption(editors: EditorSet, cap: Captured, threshold: float = SHARE
             gammas.append(gamma)
             targets.append(angle_between(a.double(), b.double()).double())
         share_t = torch.cat(shares)
-        rows.append({"layer": layer, "pairs": int(len(neg)), "mean_share": float(share_t.mean()),
-                     "median_share": float(share_t.median()), "mean_gamma": float(torch.cat(gammas).mean()),
-                     "mean_target": float(torch.cat(targets).mean())})
+        rows.append(
+            {
+                "layer": layer,
+                "pairs": int(len(neg)),
+                "mean_share": float(share_t.mean()),
+                "median_share": float(share_t.median()),
+                "mean_gamma": float(torch.cat(gammas).mean()),
+                "mean_target": float(torch.cat(targets).mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 

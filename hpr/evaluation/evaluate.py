@@ -65,16 +65,32 @@ def evaluate_task(
     ``predictions.jsonl`` with lm-eval's per-sample rows. ``read_results`` reads it back."""
     from hpr.evaluation import lmeval
 
-    cfg = {**dict(config or {}), "dataset": str(task), "task": str(task), "engine": "lm-eval",
-           "batch_size": batch_size, "add_bos": add_bos, "limit": limit, "num_fewshot": num_fewshot}
+    cfg = {
+        **dict(config or {}),
+        "dataset": str(task),
+        "task": str(task),
+        "engine": "lm-eval",
+        "batch_size": batch_size,
+        "add_bos": add_bos,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+    }
     out = Path(out_dir)
     done = load_results(out)
     if done is not None and not force and done.get("config") == json.loads(json.dumps(cfg, default=str)):
         return done
     t0 = time.perf_counter()
     with count_tokens(model) as count:
-        res = lmeval.run_task(model, tokenizer, task, method=method, limit=limit, batch_size=batch_size,
-                              add_bos=add_bos, num_fewshot=num_fewshot)
+        res = lmeval.run_task(
+            model,
+            tokenizer,
+            task,
+            method=method,
+            limit=limit,
+            batch_size=batch_size,
+            add_bos=add_bos,
+            num_fewshot=num_fewshot,
+        )
     score_s = time.perf_counter() - t0
     metrics: dict[str, Any] = {}
     for tname, vals in res["results"].items():
@@ -85,19 +101,41 @@ def evaluate_task(
                 continue
             err = vals.get(f"{metric}_stderr,{flt}")
             name = metric if len(res["results"]) == 1 else f"{tname}/{metric}"
-            metrics[name] = {"value": float(value), "stderr": float(err) if isinstance(err, int | float) else None,
-                             "n": n, "filter": flt}
+            metrics[name] = {
+                "value": float(value),
+                "stderr": float(err) if isinstance(err, int | float) else None,
+                "n": n,
+                "filter": flt,
+            }
     cfg["n"] = max((m["n"] for m in metrics.values()), default=0)
-    rows = [{"task": t, "id": s.get("doc_id"), "target": s.get("target"),
-             "responses": [[float(x) if isinstance(x, int | float) else str(x) for x in r] if isinstance(r, list | tuple)
-                           else str(r) for r in s.get("filtered_resps", [])]}
-            for t, samples in res.get("samples", {}).items() for s in samples]
+    rows = [
+        {
+            "task": t,
+            "id": s.get("doc_id"),
+            "target": s.get("target"),
+            "responses": [
+                [float(x) if isinstance(x, int | float) else str(x) for x in r]
+                if isinstance(r, list | tuple)
+                else str(r)
+                for r in s.get("filtered_resps", [])
+            ],
+        }
+        for t, samples in res.get("samples", {}).items()
+        for s in samples
+    ]
     _files.write_jsonl(out / PREDICTIONS_FILE, rows)
     results = {
-        "format": FORMAT, "metrics": metrics, "config": cfg, "tokens": count.tokens, "model_calls": count.calls,
+        "format": FORMAT,
+        "metrics": metrics,
+        "config": cfg,
+        "tokens": count.tokens,
+        "model_calls": count.calls,
         "lm_eval": {"versions": res.get("versions"), "n-shot": res.get("n-shot"), "results": res["results"]},
-        "timings": {"score_s": round(score_s, 3)}, "versions": versions(), "git": _git(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "predictions": PREDICTIONS_FILE,
+        "timings": {"score_s": round(score_s, 3)},
+        "versions": versions(),
+        "git": _git(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "predictions": PREDICTIONS_FILE,
     }
     _files.write_json(out / RESULTS_FILE, results)
     return results
@@ -130,9 +168,16 @@ def read_results(out_dir: str | Path) -> dict[str, Any]:
     res = load_results(out_dir)
     if res is None:
         raise ValueError(f"{out_dir} holds no finished evaluation ({RESULTS_FILE})")
-    row = {**res["config"], "metrics": res["metrics"], "seconds": res.get("timings", {}).get("score_s"),
-           "tokens": res.get("tokens"), "versions": res.get("versions"), "git": res.get("git"),
-           "created": res.get("created"), "path": str(out_dir)}
+    row = {
+        **res["config"],
+        "metrics": res["metrics"],
+        "seconds": res.get("timings", {}).get("score_s"),
+        "tokens": res.get("tokens"),
+        "versions": res.get("versions"),
+        "git": res.get("git"),
+        "created": res.get("created"),
+        "path": str(out_dir),
+    }
     row.setdefault("tag", "")
     return row
 
@@ -165,7 +210,12 @@ def score_records(
         reqs = [tasks.request(dataset, r) for r in records]
         with count_tokens(model) as count:
             ll = scoring.score(
-                model, tokenizer, reqs, method=method, batch_size=batch_size, progress=progress,
+                model,
+                tokenizer,
+                reqs,
+                method=method,
+                batch_size=batch_size,
+                progress=progress,
                 add_bos=add_bos,
             )
         return ll, {"tokens": count.tokens, "model_calls": count.calls}
@@ -223,8 +273,15 @@ def evaluate(
         return done
     t0 = time.perf_counter()
     ll, extra = score_records(
-        model, tokenizer, dataset, records, method=method, engine=engine, batch_size=batch_size,
-        progress=progress, add_bos=add_bos,
+        model,
+        tokenizer,
+        dataset,
+        records,
+        method=method,
+        engine=engine,
+        batch_size=batch_size,
+        progress=progress,
+        add_bos=add_bos,
     )
     score_s = time.perf_counter() - t0
     rows: list[Mapping[str, Any]] = [metrics.predict(dataset, r, x) for r, x in zip(records, ll, strict=True)]
@@ -234,7 +291,11 @@ def evaluate(
         "metrics": metrics.summarize(dataset, rows),
         "config": cfg,
         **{k: v for k, v in extra.items() if k in ("tokens", "model_calls", "lm_eval")},
-        "timings": {**dict(timings or {}), "score_s": round(score_s, 3), "per_example_s": round(score_s / len(records), 4)},
+        "timings": {
+            **dict(timings or {}),
+            "score_s": round(score_s, 3),
+            "per_example_s": round(score_s / len(records), 4),
+        },
         "versions": versions(),
         "git": _git(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -244,4 +305,13 @@ def evaluate(
     return results
 
 
-__all__ = ["ENGINES", "evaluate", "evaluate_task", "load_predictions", "load_results", "read_results", "score_records", "versions"]
+__all__ = [
+    "ENGINES",
+    "evaluate",
+    "evaluate_task",
+    "load_predictions",
+    "load_results",
+    "read_results",
+    "score_records",
+    "versions",
+]

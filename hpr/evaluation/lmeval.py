@@ -64,8 +64,13 @@ def as_lm_eval(
     class EditedHFLM(HFLM):  # type: ignore[misc]
         """HFLM that runs every model call inside ``method.apply(model)``."""
 
-        def tok_encode(self, string: str, add_special_tokens: bool | None = None,
-                       left_truncate_len: int | None = None, **kwargs: Any) -> list[int]:
+        def tok_encode(
+            self,
+            string: str,
+            add_special_tokens: bool | None = None,
+            left_truncate_len: int | None = None,
+            **kwargs: Any,
+        ) -> list[int]:
             ids = super().tok_encode(string, add_special_tokens, None, **kwargs)
             if add_bos and add_special_tokens is not False:
                 ids = scoring.ensure_bos(self.tokenizer, ids)
@@ -159,8 +164,10 @@ def _truthfulqa_logliks(record: Record, per_task: dict[str, dict[str, list[float
                 ll[i] = per_task[name][record.id][pos]
     missing = [i for i, x in enumerate(ll) if math.isnan(x)]
     if missing:
-        raise DataError(f"choices {missing} of {record.id!r} are in neither the MC1 nor the scored MC2 "
-                        "choices; run without mc2_only or fix the record's mc1/mc2 indices")
+        raise DataError(
+            f"choices {missing} of {record.id!r} are in neither the MC1 nor the scored MC2 "
+            "choices; run without mc2_only or fix the record's mc1/mc2 indices"
+        )
     return ll
 
 
@@ -192,9 +199,7 @@ def run(
     names = [s["task"] if isinstance(s, dict) else s for s in specs]
     lm = as_lm_eval(model, tokenizer, method, batch_size=batch_size, add_bos=add_bos)
     with tasks.provide(dataset, records):
-        res = lm_eval.simple_evaluate(
-            model=lm, tasks=specs, task_manager=manager, log_samples=True, bootstrap_iters=0
-        )
+        res = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, log_samples=True, bootstrap_iters=0)
     if res is None:
         raise DataError("lm-eval returned no results")
     per_task = {name: _per_doc(res["samples"][name]) for name in names}
@@ -231,16 +236,26 @@ def task_name(task: str) -> tuple[str, Any]:
     return task, manager
 
 
-def run_task(model: nn.Module, tokenizer: Any, task: str, *, method: Any = None, limit: int | None = None,
-             batch_size: int = 8, add_bos: bool | None = None, num_fewshot: int | None = None) -> dict[str, Any]:
+def run_task(
+    model: nn.Module,
+    tokenizer: Any,
+    task: str,
+    *,
+    method: Any = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    add_bos: bool | None = None,
+    num_fewshot: int | None = None,
+) -> dict[str, Any]:
     """Run any lm-eval task (``task_name``) on ``model`` edited by ``method``; lm-eval's results dict
     (``results``, ``n-shot``, ``versions``, ``configs``, per-sample ``samples``). Hub datasets need the
     hub; a local YAML can read local files (e.g. ``dataset_path: json`` with ``data_files``)."""
     lm_eval = require("lm_eval", "eval", "the lm-eval engine")
     name, manager = task_name(task)
     lm = as_lm_eval(model, tokenizer, method, batch_size=batch_size, add_bos=add_bos)
-    res = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=manager, limit=limit,
-                                  num_fewshot=num_fewshot, log_samples=True)
+    res = lm_eval.simple_evaluate(
+        model=lm, tasks=[name], task_manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=True
+    )
     if res is None:
         raise DataError("lm-eval returned no results")
     return dict(res)

@@ -58,9 +58,7 @@ def predict(dataset: str, record: Record, logliks: Sequence[float]) -> dict[str,
     """The prediction row of ``record`` from its per-choice log-likelihoods (nats)."""
     ll = [float(x) for x in logliks]
     if len(ll) != len(record.choices):
-        raise DataError(
-            f"record {record.id!r} has {len(record.choices)} choices but {len(ll)} log-likelihoods"
-        )
+        raise DataError(f"record {record.id!r} has {len(record.choices)} choices but {len(ll)} log-likelihoods")
     good = set(record.correct)
     row: dict[str, Any] = {"id": record.id}
     if dataset == "truthfulqa":
@@ -71,8 +69,9 @@ def predict(dataset: str, record: Record, logliks: Sequence[float]) -> dict[str,
         chosen = mc1[argmax([ll[i] for i in mc1])]
         ll2 = [ll[i] for i in mc2]
         true2 = [j for j, i in enumerate(mc2) if i in good]
-        row.update(chosen=chosen, correct=chosen == mc1[0], mc2=mc2_score(ll2, true2),
-                   mc2_top1=mc2[argmax(ll2)] in good)
+        row.update(
+            chosen=chosen, correct=chosen == mc1[0], mc2=mc2_score(ll2, true2), mc2_top1=mc2[argmax(ll2)] in good
+        )
     else:
         best_all = argmax(ll)
         row.update(chosen=best_all, correct=best_all in good)
@@ -85,8 +84,7 @@ def summarize(dataset: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict
 
     TruthfulQA: ``mc1``, ``mc2`` and ``mc2_top1`` (a true MC2 answer ranked first); else ``acc``.
     """
-    names = ({"mc1": "correct", "mc2": "mc2", "mc2_top1": "mc2_top1"} if dataset == "truthfulqa"
-             else {"acc": "correct"})
+    names = {"mc1": "correct", "mc2": "mc2", "mc2_top1": "mc2_top1"} if dataset == "truthfulqa" else {"acc": "correct"}
     out = {}
     for name, key in names.items():
         vals = [float(r[key]) for r in rows]

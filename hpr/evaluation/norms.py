@@ -75,8 +75,9 @@ def _quantiles(x: Tensor) -> dict[str, float]:
     return {"p05": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "n": int(x.numel())}
 
 
-def _capture(model: nn.Module, layers: Sequence[int], batches: Sequence[dict[str, Tensor]],
-             progress: bool, desc: str) -> dict[int, Tensor]:
+def _capture(
+    model: nn.Module, layers: Sequence[int], batches: Sequence[dict[str, Tensor]], progress: bool, desc: str
+) -> dict[int, Tensor]:
     """Per-token L2 norms (float32) of the block outputs at ``layers`` over all batches."""
     norms: dict[int, list[Tensor]] = {i: [] for i in layers}
     mask: dict[str, Tensor] = {}

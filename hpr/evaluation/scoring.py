@@ -110,7 +110,7 @@ def encode_pair(
         context = context[:-n_spaces]
     whole = tok_encode(tokenizer, context + continuation, add_bos)
     ctx = tok_encode(tokenizer, context, add_bos)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def encode_request(tokenizer: Any, request: Request, add_bos: bool | None = None) -> Encoded:
@@ -140,16 +140,19 @@ def fit_lengths(encs: Sequence[Encoded], limit: int | None, what: str = "request
     for e in encs:
         longest = max(len(c) for c in e.continuations)
         if longest >= limit:
-            raise DataError(f"a choice of {longest} tokens does not fit the model's {limit} positions; "
-                            "shorten or drop that example")
+            raise DataError(
+                f"a choice of {longest} tokens does not fit the model's {limit} positions; shorten or drop that example"
+            )
         if len(e.context) + longest > limit:
-            out.append(Encoded(e.context[len(e.context) + longest - limit:], e.continuations))
+            out.append(Encoded(e.context[len(e.context) + longest - limit :], e.continuations))
             cut += 1
         else:
             out.append(e)
     if cut:
-        msg = (f"{cut} of {len(encs)} {what} were longer than the model's {limit} positions; their "
-               "prompts were truncated from the left (the first tokens dropped)")
+        msg = (
+            f"{cut} of {len(encs)} {what} were longer than the model's {limit} positions; their "
+            "prompts were truncated from the left (the first tokens dropped)"
+        )
         warnings.warn(msg, stacklevel=3)
         logging.getLogger(__name__).warning(msg)
     return out
@@ -262,17 +265,27 @@ def score(
             # block and the LM head may sit on another device than the embeddings).
             keep = sorted({len(t) - 1 for t in tails})
             cache = new_cache(model, prefix_kv, len(chunk))
-            res = model(input_ids=pad_rows(tails, pad, device), **{arg: cache}, use_cache=True,
-                        logits_to_keep=torch.tensor(keep, dtype=torch.long))
+            res = model(
+                input_ids=pad_rows(tails, pad, device),
+                **{arg: cache},
+                use_cache=True,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long),
+            )
             col = [keep.index(len(t) - 1) for t in tails]
             segs = [_segments(encs[i]) for i in chunk]
-            totals = [_row_logprobs(res.logits, b, col[b], [c[0] for c in encs[i].continuations])
-                      for b, i in enumerate(chunk)]
+            totals = [
+                _row_logprobs(res.logits, b, col[b], [c[0] for c in encs[i].continuations]) for b, i in enumerate(chunk)
+            ]
             if any(segs):
                 kv_len = n_prefix + max(len(t) for t in tails)
                 ids, pos, mask = packed_inputs(segs, [n_prefix + len(t) for t in tails], kv_len, pad)
-                res = model(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device),
-                            **{arg: cache}, use_cache=True)
+                res = model(
+                    input_ids=ids.to(device),
+                    position_ids=pos.to(device),
+                    attention_mask=mask.to(device),
+                    **{arg: cache},
+                    use_cache=True,
+                )
                 for b, i in enumerate(chunk):
                     conts = encs[i].continuations
                     tgts = [t for c in conts for t in c[1:]]
@@ -310,10 +323,19 @@ def score_full(
                 ids = torch.tensor([seq[:-1]], dtype=torch.long, device=device)
                 lp = F.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
                 tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
-                row.append(float(lp[-len(cont):].gather(-1, tgt[:, None]).double().sum()))
+                row.append(float(lp[-len(cont) :].gather(-1, tgt[:, None]).double().sum()))
             out.append(row)
     return out
 
 
-__all__ = ["Encoded", "Request", "encode_pair", "encode_request", "ensure_bos", "fit_lengths", "score", "score_full",
-           "tok_encode"]
+__all__ = [
+    "Encoded",
+    "Request",
+    "encode_pair",
+    "encode_request",
+    "ensure_bos",
+    "fit_lengths",
+    "score",
+    "score_full",
+    "tok_encode",
+]

@@ -54,13 +54,20 @@ def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict[str, A
         raise ParameterError("mcnemar needs at least one question")
     b10 = int((a & ~b).sum())
     b01 = int((~a & b).sum())
-    return {"n": int(a.size), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
-            "difference": float(a.mean() - b.mean()), "b01": b01, "b10": b10,
-            "p_value": _binom_two_sided(b10, b10 + b01)}
+    return {
+        "n": int(a.size),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "difference": float(a.mean() - b.mean()),
+        "b01": b01,
+        "b10": b10,
+        "p_value": _binom_two_sided(b10, b10 + b01),
+    }
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10000, seed: int = 0,
-                     chunk: int = 1000) -> dict[str, Any]:
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 10000, seed: int = 0, chunk: int = 1000
+) -> dict[str, Any]:
     """Paired bootstrap of the mean difference ``mean(a - b)`` over the same questions.
 
     Questions are resampled with replacement ``n_boot`` times (numpy ``default_rng(seed)``).
@@ -84,9 +91,17 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10000
         m = min(chunk, n_boot - s)
         means[s : s + m] = d[rng.integers(0, d.size, size=(m, d.size))].mean(1)
     extreme = int((np.abs(means - mean) >= abs(mean) - 1e-15).sum())
-    return {"n": int(d.size), "mean_a": float(x.mean()), "mean_b": float(y.mean()), "difference": mean,
-            "ci_low": float(np.percentile(means, 2.5)), "ci_high": float(np.percentile(means, 97.5)),
-            "p_value": (1 + extreme) / (n_boot + 1), "n_boot": n_boot, "seed": seed}
+    return {
+        "n": int(d.size),
+        "mean_a": float(x.mean()),
+        "mean_b": float(y.mean()),
+        "difference": mean,
+        "ci_low": float(np.percentile(means, 2.5)),
+        "ci_high": float(np.percentile(means, 97.5)),
+        "p_value": (1 + extreme) / (n_boot + 1),
+        "n_boot": n_boot,
+        "seed": seed,
+    }
 
 
 def read_rows(rows: str | Path | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -103,16 +118,25 @@ def _by_id(rows: Sequence[Mapping[str, Any]], key: str, side: str) -> dict[str, 
     out: dict[str, Any] = {}
     for r in rows:
         if "id" not in r or key not in r:
-            raise DataError(f"a prediction row of {side} lacks 'id' or {key!r} (keys: {sorted(r)}); "
-                            f"metric {key!r} needs rows of hpr.evaluation.metrics.predict for that dataset")
+            raise DataError(
+                f"a prediction row of {side} lacks 'id' or {key!r} (keys: {sorted(r)}); "
+                f"metric {key!r} needs rows of hpr.evaluation.metrics.predict for that dataset"
+            )
         if r["id"] in out:
             raise DataError(f"question id {r['id']!r} appears twice in {side}'s predictions")
         out[str(r["id"])] = r[key]
     return out
 
 
-def compare(pred_a_rows: str | Path | Sequence[Mapping[str, Any]], pred_b_rows: str | Path | Sequence[Mapping[str, Any]],
-            metric: str, *, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
+def compare(
+    pred_a_rows: str | Path | Sequence[Mapping[str, Any]],
+    pred_b_rows: str | Path | Sequence[Mapping[str, Any]],
+    metric: str,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Paired comparison of two methods' predictions (rows or JSONL paths), joined by question id.
 
     ``metric``: ``mc1`` / ``mc2_top1`` / ``acc`` / ``correct`` (McNemar) or ``mc2`` (paired bootstrap). Both sides
@@ -129,8 +153,10 @@ def compare(pred_a_rows: str | Path | Sequence[Mapping[str, Any]], pred_b_rows: 
     b = _by_id(rows_b, key, "b")
     if set(a) != set(b):
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-        raise DataError(f"the two prediction sets cover different questions ({len(only_a)} only in a, e.g. "
-                        f"{only_a[:3]}; {len(only_b)} only in b, e.g. {only_b[:3]}); score both on the same split")
+        raise DataError(
+            f"the two prediction sets cover different questions ({len(only_a)} only in a, e.g. "
+            f"{only_a[:3]}; {len(only_b)} only in b, e.g. {only_b[:3]}); score both on the same split"
+        )
     ids = sorted(a)
     if test == "mcnemar":
         out = mcnemar([bool(a[i]) for i in ids], [bool(b[i]) for i in ids])
@@ -141,8 +167,13 @@ def compare(pred_a_rows: str | Path | Sequence[Mapping[str, Any]], pred_b_rows: 
     return {"metric": metric, "test": test, **out, "significant": bool(significant), "verdict": verdict}
 
 
-def compare_methods(rows: Mapping[str, str | Path | Sequence[Mapping[str, Any]]], metric: str,
-                    hpr: str = "hpr", base: str = "base", **kw: Any) -> Any:
+def compare_methods(
+    rows: Mapping[str, str | Path | Sequence[Mapping[str, Any]]],
+    metric: str,
+    hpr: str = "hpr",
+    base: str = "base",
+    **kw: Any,
+) -> Any:
     """HPR against every other method and every method against base: a pandas DataFrame, one row
     per comparison (``a``, ``b`` and ``compare``'s fields; differences are ``a - b``)."""
     import pandas as pd
@@ -153,8 +184,6 @@ def compare_methods(rows: Mapping[str, str | Path | Sequence[Mapping[str, Any]]]
     if base in rows:
         pairs += [(m, base) for m in rows if m != base and (m, base) not in pairs]
     return pd.DataFrame([{"a": a, "b": b, **compare(rows[a], rows[b], metric, **kw)} for a, b in pairs])
-
-
 
 
 def seed_spread(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("mc1", "mc2")) -> Any:
@@ -172,8 +201,11 @@ def seed_spread(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("mc
     for (model, method), by_seed in groups.items():
         row: dict[str, Any] = {"model": model, "method": method, "seeds": len(by_seed)}
         for metric in metrics:
-            vals = [100 * float(by_seed[s]["metrics"][metric]["value"]) for s in sorted(by_seed)
-                    if metric in by_seed[s].get("metrics", {})]
+            vals = [
+                100 * float(by_seed[s]["metrics"][metric]["value"])
+                for s in sorted(by_seed)
+                if metric in by_seed[s].get("metrics", {})
+            ]
             if not vals:
                 continue
             arr = np.asarray(vals)

@@ -8,5 +8,13 @@ from hpr.lm.activations import Captured
 from hpr.lm.hooks import edit_attention_heads, edit_block_outputs, record_attention_inputs, record_block_outputs
 from hpr.lm.models import EMBEDDED, load_model, resolve_device
 
-__all__ = ["EMBEDDED", "Captured", "edit_attention_heads", "edit_block_outputs", "load_model",
-           "record_attention_inputs", "record_block_outputs", "resolve_device"]
+__all__ = [
+    "EMBEDDED",
+    "Captured",
+    "edit_attention_heads",
+    "edit_block_outputs",
+    "load_model",
+    "record_attention_inputs",
+    "record_block_outputs",
+    "resolve_device",
+]

@@ -147,8 +147,16 @@ class Captured:
     def subset_layers(self, layers: Sequence[int]) -> Captured:
         """The same rows restricted to ``layers`` (views, no copy when contiguous)."""
         js = [self.layer_index(i) for i in layers]
-        return Captured(self.data[js], [int(i) for i in layers], self.label, self.question,
-                        self.sequence, self.position, self.token, dict(self.meta))
+        return Captured(
+            self.data[js],
+            [int(i) for i in layers],
+            self.label,
+            self.question,
+            self.sequence,
+            self.position,
+            self.token,
+            dict(self.meta),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the safetensors file atomically."""
@@ -168,8 +176,7 @@ class Captured:
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise DataError(f"{p} is not a readable activation file ({exc}); delete it and rerun") from exc
         layers = [int(i) for i in meta.get("layers", [])]
-        return cls(t["acts"], layers, t["label"], t["question"], t["sequence"], t["position"],
-                   t["token"], meta)
+        return cls(t["acts"], layers, t["label"], t["question"], t["sequence"], t["position"], t["token"], meta)
 
 
 @dataclass(frozen=True)

@@ -65,16 +65,33 @@ def _resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]
 
 
 def capture_key(
-    model: nn.Module, records: Sequence[Record], *, layers: Sequence[int], dataset: str, split: str,
-    prompt_format: str, seed: int, chat: bool, name: str | None = None,
+    model: nn.Module,
+    records: Sequence[Record],
+    *,
+    layers: Sequence[int],
+    dataset: str,
+    split: str,
+    prompt_format: str,
+    seed: int,
+    chat: bool,
+    name: str | None = None,
 ) -> str:
     """The cache key of a capture (see the module docstring)."""
-    return _files.stable_hash({
-        "v": CAPTURE_VERSION, "model": model_fingerprint(model, name), "weights": weights_digest(model),
-        "dtype": str(next(model.parameters()).dtype), "dataset": dataset, "split": split,
-        "format": prompt_format, "seed": seed, "chat": chat, "layers": list(layers),
-        "data": data_hash(records),
-    })
+    return _files.stable_hash(
+        {
+            "v": CAPTURE_VERSION,
+            "model": model_fingerprint(model, name),
+            "weights": weights_digest(model),
+            "dtype": str(next(model.parameters()).dtype),
+            "dataset": dataset,
+            "split": split,
+            "format": prompt_format,
+            "seed": seed,
+            "chat": chat,
+            "layers": list(layers),
+            "data": data_hash(records),
+        }
+    )
 
 
 def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -100,8 +117,10 @@ def _fit_lengths(seqs: list[_Seq], limit: int | None) -> None:
     over: dict[int, int] = {}
     for sq in seqs:
         if len(sq.answer) >= limit:
-            raise DataError(f"an answer of {len(sq.answer)} tokens does not fit the model's {limit} "
-                            "positions; shorten or drop that example")
+            raise DataError(
+                f"an answer of {len(sq.answer)} tokens does not fit the model's {limit} "
+                "positions; shorten or drop that example"
+            )
         extra = len(sq.prompt) + len(sq.answer) - limit
         if extra > 0:
             over[sq.question] = max(over.get(sq.question, 0), extra)
@@ -109,16 +128,19 @@ def _fit_lengths(seqs: list[_Seq], limit: int | None) -> None:
         return
     for sq in seqs:
         if sq.question in over:
-            sq.prompt = sq.prompt[over[sq.question]:]
+            sq.prompt = sq.prompt[over[sq.question] :]
     n = sum(1 for sq in seqs if sq.question in over)
-    msg = (f"{len(over)} question(s) ({n} of {len(seqs)} sequences) were longer than the model's {limit} "
-           "positions; their prompts were truncated from the left (the first tokens dropped)")
+    msg = (
+        f"{len(over)} question(s) ({n} of {len(seqs)} sequences) were longer than the model's {limit} "
+        "positions; their prompts were truncated from the left (the first tokens dropped)"
+    )
     warnings.warn(msg, stacklevel=3)
     logging.getLogger(__name__).warning(msg)
 
 
-def _run_shared_prompt(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int,
-                       grabbed: dict[int, Tensor], extra: dict[str, Any]) -> list[Tensor]:
+def _run_shared_prompt(
+    model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int, grabbed: dict[int, Tensor], extra: dict[str, Any]
+) -> list[Tensor]:
     """Run one question: its prompt once, then all its answers as one batch on the prompt's cache.
 
     Returns, per sequence in ``idx``, the answer-token outputs ``(L, a, d)``.
@@ -141,8 +163,14 @@ def _run_shared_prompt(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: 
         mask[r, p : p + len(a)] = 1
     pos = (p + torch.arange(width)).expand(n, -1)
     grabbed.clear()
-    model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-          use_cache=True, **{name: cache}, **extra)
+    model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=pos.to(device),
+        use_cache=True,
+        **{name: cache},
+        **extra,
+    )
     h = torch.stack([grabbed[i] for i in sorted(grabbed)])  # (L, n, width, d)
     return [h[:, r, : len(seqs[s].answer)] for r, s in enumerate(idx)]
 
@@ -157,9 +185,16 @@ def _prefix_cache(model: nn.Module, prefix: list[int], extra: dict[str, Any]) ->
     return cache_entries(cache)
 
 
-def _run_packed(model: nn.Module, seqs: list[_Seq], group: list[list[int]], pad: int,
-                grabbed: dict[int, Tensor], extra: dict[str, Any], n_prefix: int = 0,
-                prefix_kv: Any = None) -> list[Tensor]:
+def _run_packed(
+    model: nn.Module,
+    seqs: list[_Seq],
+    group: list[list[int]],
+    pad: int,
+    grabbed: dict[int, Tensor],
+    extra: dict[str, Any],
+    n_prefix: int = 0,
+    prefix_kv: Any = None,
+) -> list[Tensor]:
     """Run a group of questions (``group[b]``: the sequence indices of question ``b``, which share
     one prompt): the prompts after their common first ``n_prefix`` tokens (whose KV cache is
     ``prefix_kv``) as one right-padded batch, then every answer in one packed pass on that cache.
@@ -176,8 +211,14 @@ def _run_packed(model: nn.Module, seqs: list[_Seq], group: list[list[int]], pad:
     rows = [[tuple(seqs[s].answer) for s in g] for g in group]
     a_ids, pos, mask = packed_inputs(rows, [n_prefix + len(p) for p in tails], n_prefix + width, pad)
     grabbed.clear()
-    model(input_ids=a_ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device),
-          use_cache=True, **{name: cache}, **extra)
+    model(
+        input_ids=a_ids.to(device),
+        position_ids=pos.to(device),
+        attention_mask=mask.to(device),
+        use_cache=True,
+        **{name: cache},
+        **extra,
+    )
     h = torch.stack([grabbed[i] for i in sorted(grabbed)])  # (L, B, S, d)
     res = []
     for b, g in enumerate(group):
@@ -189,8 +230,9 @@ def _run_packed(model: nn.Module, seqs: list[_Seq], group: list[list[int]], pad:
     return res
 
 
-def _question_groups(by_q: dict[int, list[int]], seqs: list[_Seq], batch_size: int,
-                     max_tokens: int) -> list[list[list[int]]]:
+def _question_groups(
+    by_q: dict[int, list[int]], seqs: list[_Seq], batch_size: int, max_tokens: int
+) -> list[list[list[int]]]:
     """Questions (their sequence lists) grouped for ``_run_packed``: sorted by prompt length, at most
     ``batch_size`` per group and, beyond the first, at most ``max_tokens`` padded tokens per pass."""
     qs = sorted(by_q.values(), key=lambda g: (len(seqs[g[0]].prompt), sum(len(seqs[s].answer) for s in g)))
@@ -210,8 +252,9 @@ def _question_groups(by_q: dict[int, list[int]], seqs: list[_Seq], batch_size: i
     return out
 
 
-def _run_full(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int,
-              grabbed: dict[int, Tensor], extra: dict[str, Any]) -> list[Tensor]:
+def _run_full(
+    model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int, grabbed: dict[int, Tensor], extra: dict[str, Any]
+) -> list[Tensor]:
     """Run whole sequences as one right-padded batch; per sequence the answer outputs ``(L, a, d)``."""
     device = next(model.parameters()).device
     full = [seqs[s].prompt + seqs[s].answer for s in idx]
@@ -233,10 +276,19 @@ def _run_full(model: nn.Module, seqs: list[_Seq], idx: list[int], pad: int,
 
 @torch.inference_mode()
 def run_capture(
-    model: nn.Module, tokenizer: Any, records: Sequence[Record], *, layers: Sequence[int] | None = None,
-    prompt_format: str = DEFAULT_FORMAT, seed: int = 0, chat: bool | None = None,
-    batch_size: int = 16, share_prompt: bool = True, progress: bool = True,
-    meta: dict[str, Any] | None = None, max_tokens: int = 2048,
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    *,
+    layers: Sequence[int] | None = None,
+    prompt_format: str = DEFAULT_FORMAT,
+    seed: int = 0,
+    chat: bool | None = None,
+    batch_size: int = 16,
+    share_prompt: bool = True,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+    max_tokens: int = 2048,
 ) -> Captured:
     """Run every (prompt, answer) sequence of ``records`` once and keep the answer-token outputs.
 
@@ -272,8 +324,9 @@ def run_capture(
     shared = share_prompt and all(len({tuple(seqs[s].prompt) for s in g}) == 1 for g in by_q.values())
     longest = max(len(s.prompt) + len(s.answer) for s in seqs)
     window = sliding_window(model)
-    packed = shared and (window is None or longest + max(
-        sum(len(seqs[s].answer) for s in g) for g in by_q.values()) < window)
+    packed = shared and (
+        window is None or longest + max(sum(len(seqs[s].answer) for s in g) for g in by_q.values()) < window
+    )
     qgroups: list[list[list[int]]] = []
     n_prefix, prefix_kv = 0, None
     if packed:
@@ -298,8 +351,9 @@ def run_capture(
                 outs = _run_packed(model, seqs, qg, pad, grabbed, extra, n_prefix, prefix_kv)
                 for s, h in zip(flat, outs, strict=True):
                     data[:, offsets[s] : offsets[s + 1]] = h.to("cpu", data.dtype)
-        for idx in ([] if packed else tqdm(groups, desc="capture", unit="question" if shared else "batch",
-                                           disable=not progress)):
+        for idx in (
+            [] if packed else tqdm(groups, desc="capture", unit="question" if shared else "batch", disable=not progress)
+        ):
             for s, h in zip(idx, run(model, seqs, idx, pad, grabbed, extra), strict=True):
                 data[:, offsets[s] : offsets[s + 1]] = h.to("cpu", data.dtype)
     rows: dict[str, list[int]] = {k: [] for k in _ROW_FIELDS}
@@ -314,16 +368,33 @@ def run_capture(
     m = dict(meta or {})
     m.setdefault("model", model_fingerprint(model, getattr(model, "hpr_name", None)))
     m.setdefault("prompt_format", prompt_format)
-    m.update({"num_sequences": len(seqs), "num_questions": len(records), "shared_prompt": shared,
-              "record_ids": [r.id for r in records]})
+    m.update(
+        {
+            "num_sequences": len(seqs),
+            "num_questions": len(records),
+            "shared_prompt": shared,
+            "record_ids": [r.id for r in records],
+        }
+    )
     return Captured(data, lay, t["label"], t["question"], t["sequence"], t["position"], t["token"], m)
 
 
 def capture(
-    model: nn.Module, tokenizer: Any, records: Sequence[Record], *, dataset: str = "custom",
-    split: str = "train", layers: Sequence[int] | None = None, prompt_format: str = DEFAULT_FORMAT,
-    seed: int = 0, chat: bool | None = None, batch_size: int = 16, cache: bool = True,
-    cache_root: str | Path | None = None, progress: bool = True, name: str | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    *,
+    dataset: str = "custom",
+    split: str = "train",
+    layers: Sequence[int] | None = None,
+    prompt_format: str = DEFAULT_FORMAT,
+    seed: int = 0,
+    chat: bool | None = None,
+    batch_size: int = 16,
+    cache: bool = True,
+    cache_root: str | Path | None = None,
+    progress: bool = True,
+    name: str | None = None,
     share_prompt: bool = True,
 ) -> Captured:
     """Capture (or load from the cache) the answer-token activations of ``records``.
@@ -334,8 +405,17 @@ def capture(
     lay = _resolve_layers(model, layers)
     use_chat = has_chat_template(tokenizer) if chat is None else chat
     name = name or getattr(model, "hpr_name", None)
-    key = capture_key(model, records, layers=lay, dataset=dataset, split=split,
-                      prompt_format=prompt_format, seed=seed, chat=use_chat, name=name)
+    key = capture_key(
+        model,
+        records,
+        layers=lay,
+        dataset=dataset,
+        split=split,
+        prompt_format=prompt_format,
+        seed=seed,
+        chat=use_chat,
+        name=name,
+    )
     root = Path(cache_root) if cache_root is not None else _files.cache_dir() / "activations"
     path = root / f"{slug(dataset)}-{slug(split)}-{key}.safetensors"
     if cache and path.is_file():
@@ -343,17 +423,34 @@ def capture(
             return Captured.load(path)
         except DataError:
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-    meta = {"key": key, "model": model_fingerprint(model, name), "dataset": dataset, "split": split,
-            "prompt_format": prompt_format, "seed": seed, "chat": use_chat,
-            "data_hash": data_hash(records), "capture_version": CAPTURE_VERSION}
-    cap = run_capture(model, tokenizer, records, layers=lay, prompt_format=prompt_format, seed=seed,
-                      chat=use_chat, batch_size=batch_size, share_prompt=share_prompt,
-                      progress=progress, meta=meta)
+    meta = {
+        "key": key,
+        "model": model_fingerprint(model, name),
+        "dataset": dataset,
+        "split": split,
+        "prompt_format": prompt_format,
+        "seed": seed,
+        "chat": use_chat,
+        "data_hash": data_hash(records),
+        "capture_version": CAPTURE_VERSION,
+    }
+    cap = run_capture(
+        model,
+        tokenizer,
+        records,
+        layers=lay,
+        prompt_format=prompt_format,
+        seed=seed,
+        chat=use_chat,
+        batch_size=batch_size,
+        share_prompt=share_prompt,
+        progress=progress,
+        meta=meta,
+    )
     if cache:
         cap.save(path)
         cap.meta["path"] = str(path)
     return cap
 
 
-__all__ = ["CAPTURE_VERSION", "SHARED_THRESHOLD", "Captured", "capture", "capture_key", "data_hash",
-           "run_capture"]
+__all__ = ["CAPTURE_VERSION", "SHARED_THRESHOLD", "Captured", "capture", "capture_key", "data_hash", "run_capture"]

@@ -87,8 +87,9 @@ ReadFn = Callable[[int, Tensor], None]
 
 
 @contextmanager
-def record_block_outputs(model: nn.Module, layers: Iterable[int],
-                         on_output: ReadFn | None = None) -> Iterator[dict[int, Tensor]]:
+def record_block_outputs(
+    model: nn.Module, layers: Iterable[int], on_output: ReadFn | None = None
+) -> Iterator[dict[int, Tensor]]:
     """Record the output hidden states of decoder blocks ``layers`` at every forward inside the block.
 
     Yields a dict that holds, per layer, the latest output ``(batch, seq, d)``; ``on_output(layer,
@@ -114,8 +115,9 @@ def record_block_outputs(model: nn.Module, layers: Iterable[int],
 
 
 @contextmanager
-def record_attention_inputs(model: nn.Module, layers: Iterable[int],
-                            on_input: ReadFn | None = None) -> Iterator[dict[int, Tensor]]:
+def record_attention_inputs(
+    model: nn.Module, layers: Iterable[int], on_input: ReadFn | None = None
+) -> Iterator[dict[int, Tensor]]:
     """Record the input of each block's attention output projection (the heads' outputs side by side,
     ``(batch, seq, num_heads * head_dim)``) at every forward inside the block, like
     ``record_block_outputs``."""
@@ -166,5 +168,12 @@ def edit_attention_heads(model: nn.Module, edits: Mapping[int, EditFn]) -> Itera
         yield model
 
 
-__all__ = ["EditFn", "ReadFn", "block_output", "edit_attention_heads", "edit_block_outputs",
-           "record_attention_inputs", "record_block_outputs"]
+__all__ = [
+    "EditFn",
+    "ReadFn",
+    "block_output",
+    "edit_attention_heads",
+    "edit_block_outputs",
+    "record_attention_inputs",
+    "record_block_outputs",
+]

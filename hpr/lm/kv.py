@@ -84,8 +84,10 @@ def cache_arg(model: nn.Module) -> str:
         name = next((n for n in CACHE_ARGS if n in params), None)
         if name is not None:
             return name
-    raise ModelError(f"{type(model).__name__}.forward takes no KV cache (neither `cache` nor "
-                     "`past_key_values`); score it with score_full (no prefix sharing)")
+    raise ModelError(
+        f"{type(model).__name__}.forward takes no KV cache (neither `cache` nor "
+        "`past_key_values`); score it with score_full (no prefix sharing)"
+    )
 
 
 def new_cache(model: nn.Module, kv: KV | None, batch: int) -> Any:
@@ -105,9 +107,11 @@ def cache_entries(cache: Any, row: int | None = None, length: int | None = None)
         if k is None or v is None:
             import transformers
 
-            raise ModelError(f"the model left layer {i} of the KV cache it was given empty (transformers "
-                             f"{transformers.__version__}); the scorer is tested with transformers 5.17 and "
-                             "5.24 (pinned: 5.24.0): install transformers==5.24.0, or use score_full")
+            raise ModelError(
+                f"the model left layer {i} of the KV cache it was given empty (transformers "
+                f"{transformers.__version__}); the scorer is tested with transformers 5.17 and "
+                "5.24 (pinned: 5.24.0): install transformers==5.24.0, or use score_full"
+            )
         if row is not None:
             k, v = k[row : row + 1], v[row : row + 1]
         if length is not None:
@@ -182,5 +186,19 @@ def packed_inputs(
     return ids, pos, mask
 
 
-__all__ = ["CACHE_ARGS", "KV", "TokenCount", "cache_arg", "cache_entries", "common_prefix", "count_tokens",
-           "max_positions", "model_device", "new_cache", "packed_inputs", "pad_rows", "pad_texts", "sliding_window"]
+__all__ = [
+    "CACHE_ARGS",
+    "KV",
+    "TokenCount",
+    "cache_arg",
+    "cache_entries",
+    "common_prefix",
+    "count_tokens",
+    "max_positions",
+    "model_device",
+    "new_cache",
+    "packed_inputs",
+    "pad_rows",
+    "pad_texts",
+    "sliding_window",
+]

@@ -214,9 +214,7 @@ def dequantized_dir(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as exc:
         raise ModelError(
@@ -294,11 +292,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ParameterError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ParameterError(f"device {device!r} asked for, but CUDA is not available here (torch "
-                                 f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu or auto")
+            raise ParameterError(
+                f"device {device!r} asked for, but CUDA is not available here (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu or auto"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ParameterError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA "
-                                 "device(s) visible; pick cuda:0.. or set CUDA_VISIBLE_DEVICES")
+            raise ParameterError(
+                f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA "
+                "device(s) visible; pick cuda:0.. or set CUDA_VISIBLE_DEVICES"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise ParameterError(f"device {device!r} asked for, but MPS is not available; use --device cpu")
@@ -347,8 +349,10 @@ def load_model(
     dev = resolve_device(device) if device_map is None else None
     dtype = resolve_dtype(dtype, dev if dev is not None else "auto")
     if device_map is not None and importlib.util.find_spec("accelerate") is None:
-        raise ParameterError(f"device_map={device_map!r} needs the accelerate package; "
-                             "`pip install accelerate`, or pass a single device instead")
+        raise ParameterError(
+            f"device_map={device_map!r} needs the accelerate package; "
+            "`pip install accelerate`, or pass a single device instead"
+        )
     source, local = _resolve(spec, progress)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

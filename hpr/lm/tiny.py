@@ -20,14 +20,22 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4,
-               max_positions: int = 512) -> LlamaForCausalLM:
+def tiny_llama(
+    seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4, max_positions: int = 512
+) -> LlamaForCausalLM:
     """A random Llama over the byte vocabulary, float32, eval mode, seeded."""
     tok = byte_tokenizer()
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()

@@ -28,7 +28,23 @@ from hpr.methods.registry import (
 )
 
 __all__ = [
-    "CONFIG_FILE", "FITTABLE", "HPR_FAMILY", "HPR_TRAIN_OPTIONS", "METHOD_FORMAT", "METHOD_NAMES", "REGISTRY",
-    "USES_K", "EditMethod", "MethodInfo", "MethodSpec", "Unedited", "check_fingerprint", "fit_method",
-    "load_method", "method_info", "methods_help", "parse_method", "read_method_config",
+    "CONFIG_FILE",
+    "FITTABLE",
+    "HPR_FAMILY",
+    "HPR_TRAIN_OPTIONS",
+    "METHOD_FORMAT",
+    "METHOD_NAMES",
+    "REGISTRY",
+    "USES_K",
+    "EditMethod",
+    "MethodInfo",
+    "MethodSpec",
+    "Unedited",
+    "check_fingerprint",
+    "fit_method",
+    "load_method",
+    "method_info",
+    "methods_help",
+    "parse_method",
+    "read_method_config",
 ]

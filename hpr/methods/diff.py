@@ -181,8 +181,10 @@ class Diff:
         cfg = read_method_config(directory, "diff", also=("diff-mse",))
         found = cfg.get("design", "mse")
         if design is not None and found != _check_design(design):
-            raise EditorError(f"{directory} holds a Diff of design {found!r} (method {METHOD_OF.get(found)}); "
-                              f"load it as {METHOD_OF.get(found)!r} or fit {METHOD_OF[design]!r} again")
+            raise EditorError(
+                f"{directory} holds a Diff of design {found!r} (method {METHOD_OF.get(found)}); "
+                f"load it as {METHOD_OF.get(found)!r} or fit {METHOD_OF[design]!r} again"
+            )
         path = Path(directory) / WEIGHTS_FILE
         try:
             t = load_file(str(path))
@@ -191,7 +193,7 @@ class Diff:
             for i in cfg["trained_layers"]:
                 net = diff_net(d, depth, found)
                 prefix = f"layer{int(i)}."
-                net.load_state_dict({k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)})
+                net.load_state_dict({k[len(prefix) :]: v for k, v in t.items() if k.startswith(prefix)})
                 nets[int(i)] = net
             out = cls(nets, cfg["model"], cfg["layers"], cfg, depth, found)
         except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError, ParameterError) as exc:
@@ -249,10 +251,21 @@ def training_rows(neg: Tensor, pos: Tensor, design: str = "mse") -> tuple[Tensor
 
 
 def train_stacked(
-    data: Tensor, src: Tensor, tgt: Tensor, *, angle_layers: int | None = None, epochs: int = 5,
-    batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 0.0, seed: int = 0,
-    progress: bool = True, design: str = "authors", schedule: str = "linear",
-    grad_clip: float | None = 1.0, lambda_p: float | None = None,
+    data: Tensor,
+    src: Tensor,
+    tgt: Tensor,
+    *,
+    angle_layers: int | None = None,
+    epochs: int = 5,
+    batch_size: int = 16,
+    lr: float = 5e-4,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    design: str = "authors",
+    schedule: str = "linear",
+    grad_clip: float | None = 1.0,
+    lambda_p: float | None = None,
 ) -> StackedMLP:
     """Train one Diff network per layer of ``data`` ``(L, N, d)`` on rows ``src -> tgt``.
 
@@ -373,10 +386,23 @@ def fit_diff(
     cap = layers_of(capture(model, tokenizer, train, split="train", **kw))
     neg, pos = cap.pairs()
     src, tgt = training_rows(neg, pos, design)
-    net = train_stacked(cap.data, src, tgt, angle_layers=depth, epochs=epochs, batch_size=batch_size, lr=lr,
-                        seed=seed, progress=progress, design=design, lambda_p=lambda_p, **opts)
-    score_fn, score_name = (val_cosine, "val_cosine") if design == "authors" else (val_improvement,
-                                                                                   "val_mse_improvement")
+    net = train_stacked(
+        cap.data,
+        src,
+        tgt,
+        angle_layers=depth,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+        design=design,
+        lambda_p=lambda_p,
+        **opts,
+    )
+    score_fn, score_name = (
+        (val_cosine, "val_cosine") if design == "authors" else (val_improvement, "val_mse_improvement")
+    )
     score: dict[int, float] = {}
     if val:
         vcap = layers_of(capture(model, tokenizer, val, split="val", **kw))
@@ -387,21 +413,43 @@ def fit_diff(
             score = {layer: float(vals[j]) for j, layer in enumerate(cap.layers)}
     if chosen is None:
         if not score:
-            raise ParameterError(f"Diff picks layers by {score_name}; the val split gave no pairs "
-                                 "(give layers= or editors_dir=)")
+            raise ParameterError(
+                f"Diff picks layers by {score_name}; the val split gave no pairs (give layers= or editors_dir=)"
+            )
         if not 1 <= k <= len(cap.layers):
             raise ParameterError(f"Diff k must be in 1..{len(cap.layers)}, got {k}")
         chosen = sorted(cap.layers, key=lambda i: (-score[i], i))[:k]
     d = cap.hidden_size
     nets = {layer: net.unstack(j, d, depth) for j, layer in enumerate(cap.layers)}
     config = {
-        "dataset": dataset, "seed": seed, "k": len(chosen), "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "lambda_p": lambda_p, **opts, "prompt_format": fmt, "n_train_rows": len(src),
-        "n_pairs": len(neg), score_name: {str(i): v for i, v in score.items()},
+        "dataset": dataset,
+        "seed": seed,
+        "k": len(chosen),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lambda_p": lambda_p,
+        **opts,
+        "prompt_format": fmt,
+        "n_train_rows": len(src),
+        "n_pairs": len(neg),
+        score_name: {str(i): v for i, v in score.items()},
         "editors_dir": str(editors_dir) if editors_dir is not None else None,
     }
     return Diff(nets, fingerprint(model), chosen, config, depth, design)
 
 
-__all__ = ["Diff", "fit_diff", "diff_net", "diff_widths", "StackedMLP", "train_stacked", "training_rows",
-           "val_improvement", "val_cosine", "DEFAULT_TOP_K", "DESIGNS", "TRAINING"]
+__all__ = [
+    "Diff",
+    "fit_diff",
+    "diff_net",
+    "diff_widths",
+    "StackedMLP",
+    "train_stacked",
+    "training_rows",
+    "val_improvement",
+    "val_cosine",
+    "DEFAULT_TOP_K",
+    "DESIGNS",
+    "TRAINING",
+]

@@ -246,8 +246,17 @@ class ITI:
 
     def top(self, k: int) -> ITI:
         """The same fit with the ``k`` best heads edited."""
-        return ITI(self.ranked, self.ranked_directions, self.ranked_sigmas, self.model, self.num_heads,
-                   self.head_dim, self.alpha, {**self.config, "k": int(k)}, k)
+        return ITI(
+            self.ranked,
+            self.ranked_directions,
+            self.ranked_sigmas,
+            self.model,
+            self.num_heads,
+            self.head_dim,
+            self.alpha,
+            {**self.config, "k": int(k)},
+            k,
+        )
 
     @property
     def layers(self) -> list[int]:
@@ -256,8 +265,17 @@ class ITI:
 
     def with_alpha(self, alpha: float) -> ITI:
         """The same heads and directions with another strength."""
-        return ITI(self.ranked, self.ranked_directions, self.ranked_sigmas, self.model, self.num_heads,
-                   self.head_dim, alpha, self.config, self.k)
+        return ITI(
+            self.ranked,
+            self.ranked_directions,
+            self.ranked_sigmas,
+            self.model,
+            self.num_heads,
+            self.head_dim,
+            alpha,
+            self.config,
+            self.k,
+        )
 
     def shifts(self) -> dict[int, Tensor]:
         """Per edited layer, the float32 shift ``(H * head_dim,)`` added to the o_proj input."""
@@ -307,8 +325,9 @@ class ITI:
         return out
 
     @classmethod
-    def load(cls, directory: str | Path, model: nn.Module | None = None, alpha: float | None = None,
-             k: int | None = None) -> ITI:
+    def load(
+        cls, directory: str | Path, model: nn.Module | None = None, alpha: float | None = None, k: int | None = None
+    ) -> ITI:
         """Load a saved ITI; ``alpha`` overrides the saved strength (e.g. 200), ``k`` the number of
         edited heads (e.g. 48; at most the number of heads the fit ranked)."""
         cfg = read_method_config(directory, "iti")
@@ -319,8 +338,17 @@ class ITI:
             want = int(cfg.get("k", len(heads)) if k is None else k)
             if not 1 <= want <= len(heads):
                 raise ParameterError(f"{directory} ranks {len(heads)} heads; k={want} is out of range 1..{len(heads)}")
-            out = cls(heads, t["directions"], t["sigmas"], cfg["model"], int(cfg["num_heads"]),
-                      int(cfg["head_dim"]), float(cfg["alpha"] if alpha is None else alpha), {**cfg, "k": want}, want)
+            out = cls(
+                heads,
+                t["directions"],
+                t["sigmas"],
+                cfg["model"],
+                int(cfg["num_heads"]),
+                int(cfg["head_dim"]),
+                float(cfg["alpha"] if alpha is None else alpha),
+                {**cfg, "k": want},
+                want,
+            )
         except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
             raise EditorError(f"{path} is missing or unreadable ({exc}); fit ITI again") from exc
         if model is not None:
@@ -371,8 +399,7 @@ def fit_iti(
         "n_train_examples": len(tr_texts),
         "n_val_examples": len(va_texts),
         "ranking": [
-            {"layer": la, "head": he, "val_accuracy": float(va_acc[la, he]),
-             "train_accuracy": float(tr_acc[la, he])}
+            {"layer": la, "head": he, "val_accuracy": float(va_acc[la, he]), "train_accuracy": float(tr_acc[la, he])}
             for la, he in heads
         ],
         "val_accuracy": va_acc.tolist(),
@@ -381,6 +408,14 @@ def fit_iti(
 
 
 __all__ = [
-    "ITI", "fit_iti", "default_k", "qa_text", "qa_examples", "head_activations",
-    "probe_accuracies", "mass_mean_directions", "head_dim", "DEFAULT_ALPHA",
+    "ITI",
+    "fit_iti",
+    "default_k",
+    "qa_text",
+    "qa_examples",
+    "head_activations",
+    "probe_accuracies",
+    "mass_mean_directions",
+    "head_dim",
+    "DEFAULT_ALPHA",
 ]

@@ -50,8 +50,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def lora_config(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.05,
-                target_modules: Sequence[str] | None = None) -> Any:
+def lora_config(
+    model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: Sequence[str] | None = None
+) -> Any:
     """A ``peft.LoraConfig`` for ``model`` (peft's default target modules for its architecture)."""
     require("peft", "baselines", "the LoRA baseline")
     from peft import LoraConfig
@@ -64,8 +65,14 @@ def lora_config(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 
         target_modules = DEFAULTS[mt]
     if r < 1:
         raise ParameterError(f"LoRA rank r must be >= 1, got {r}")
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                      task_type="CAUSAL_LM", bias="none")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:
@@ -103,8 +110,13 @@ class LoRA:
 
     name = "lora"
 
-    def __init__(self, adapter_config: Mapping[str, Any], state: Mapping[str, Tensor],
-                 model: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        adapter_config: Mapping[str, Any],
+        state: Mapping[str, Tensor],
+        model: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         if not state:
             raise EditorError("a LoRA adapter needs weights; fit LoRA again")
         self.adapter_config = dict(adapter_config)
@@ -141,8 +153,12 @@ class LoRA:
         out = Path(directory)
         _files.save_tensors(out / ADAPTER_WEIGHTS, self.state, {"format": "pt"})
         _files.write_json(out / ADAPTER_CONFIG, self.adapter_config)
-        cfg = {**{k: v for k, v in self.config.items() if k != "model"},
-               "format": METHOD_FORMAT, "method": "lora", "model": self.model}
+        cfg = {
+            **{k: v for k, v in self.config.items() if k != "model"},
+            "format": METHOD_FORMAT,
+            "method": "lora",
+            "model": self.model,
+        }
         _files.write_json(out / "config.json", cfg)
         return out
 
@@ -154,7 +170,9 @@ class LoRA:
             adapter = json.loads((d / ADAPTER_CONFIG).read_text(encoding="utf-8"))
             state = load_file(str(d / ADAPTER_WEIGHTS))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise EditorError(f"the LoRA adapter files in {d} are missing or unreadable ({exc}); fit LoRA again") from exc
+            raise EditorError(
+                f"the LoRA adapter files in {d} are missing or unreadable ({exc}); fit LoRA again"
+            ) from exc
         out = cls(adapter, state, cfg["model"], cfg)
         if model is not None:
             out.check_model(model)
@@ -164,9 +182,14 @@ class LoRA:
 DEFAULT_PROMPT_FORMAT = "qa"
 
 
-def sft_examples(records: Sequence[Record], tokenizer: Any, answers: str = "correct",
-                 prompt_format: str = DEFAULT_PROMPT_FORMAT, seed: int = 0,
-                 chat: bool | None = False) -> list[tuple[list[int], int]]:
+def sft_examples(
+    records: Sequence[Record],
+    tokenizer: Any,
+    answers: str = "correct",
+    prompt_format: str = DEFAULT_PROMPT_FORMAT,
+    seed: int = 0,
+    chat: bool | None = False,
+) -> list[tuple[list[int], int]]:
     """``(token ids, prompt length)`` of every supervised (prompt, positive answer) sequence."""
     from hpr.data.prompts import encode, format_record
 
@@ -266,18 +289,33 @@ def fit_lora(
         state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(pm).items()}
     seconds = time.perf_counter() - start
     config = {
-        "dataset": dataset, "seed": seed, "r": r, "lora_alpha": lora_alpha, "dropout": dropout,
-        "lr": lr, "batch_size": batch_size, "epochs": epochs, "max_steps": max_steps, "steps": steps,
-        "answers": answers, "prompt_format": prompt_format, "chat": chat, "n_train_sequences": len(data),
-        "train_loss_first": losses[0], "train_loss_last": losses[-1],
-        "val_loss_before": val_before, "val_loss_after": val_after, "fit_seconds": round(seconds, 1),
+        "dataset": dataset,
+        "seed": seed,
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "dropout": dropout,
+        "lr": lr,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "steps": steps,
+        "answers": answers,
+        "prompt_format": prompt_format,
+        "chat": chat,
+        "n_train_sequences": len(data),
+        "train_loss_first": losses[0],
+        "train_loss_last": losses[-1],
+        "val_loss_before": val_before,
+        "val_loss_after": val_after,
+        "fit_seconds": round(seconds, 1),
     }
     return LoRA(_config_dict(cfg), state, fingerprint(model), config)
 
 
 @torch.no_grad()
-def _val_loss(pm: Any, data: Sequence[tuple[list[int], int]], batch_size: int, pad: int,
-              device: torch.device) -> float | None:
+def _val_loss(
+    pm: Any, data: Sequence[tuple[list[int], int]], batch_size: int, pad: int, device: torch.device
+) -> float | None:
     """Mean answer-token loss over ``data`` (token-weighted), or ``None`` without data."""
     if not data:
         return None

@@ -59,8 +59,10 @@ def _hpr_loader(name: str, angle_input: str, use_angle: bool) -> Loader:
         have = {e.angle_input for e in es.editors.values()}
         if have != {angle_input}:
             other = "hpr-unit" if "unit" in have else "hpr"
-            raise EditorError(f"{directory} holds editors whose angle network reads {sorted(have)} input, "
-                              f"not {angle_input!r}: load it as {other!r}, or train {name!r} editors")
+            raise EditorError(
+                f"{directory} holds editors whose angle network reads {sorted(have)} input, "
+                f"not {angle_input!r}: load it as {other!r}, or train {name!r} editors"
+            )
         return es if use_angle else es.with_angle(False)
 
     return load
@@ -92,8 +94,10 @@ def _diff_fitter(name: str, design: str) -> Fitter:
         from hpr.methods.diff import fit_diff
 
         if kw.get("design", design) != design:
-            raise ParameterError(f"method {name!r} is Diff design {design!r}; drop design= "
-                                 f"or fit {'diff' if kw['design'] == 'authors' else 'diff-mse'!r}")
+            raise ParameterError(
+                f"method {name!r} is Diff design {design!r}; drop design= "
+                f"or fit {'diff' if kw['design'] == 'authors' else 'diff-mse'!r}"
+            )
         return fit_diff(**{**kw, "design": design})
 
     return fit
@@ -112,22 +116,59 @@ def _fit_lora(**kw: Any) -> EditMethod:
 
 
 #: Every method family, in the paper's Table 1 order, then ours.
-REGISTRY: dict[str, MethodInfo] = {m.name: m for m in (
-    MethodInfo("base", "unedited", "the unedited model", _load_unedited),
-    MethodInfo("hpr", "hpr", "Householder pseudo-rotation (the paper's design)",
-               _hpr_loader("hpr", "raw", True), uses_k=True),
-    MethodInfo("hpr-noangle", "hpr", "-AnglePred: HPR's editors reflecting instead of rotating",
-               _hpr_loader("hpr-noangle", "raw", False), uses_k=True),
-    MethodInfo("iti", "baseline", "inference-time intervention (iti[-<alpha>][-k<heads>])", _load_iti, _fit_iti,
-               load_options=("alpha", "k")),
-    MethodInfo("diff", "baseline", "Diff, the authors' design (unit-norm Tanh MLP output added)",
-               _diff_loader("authors"), _diff_fitter("diff", "authors"), uses_k=True),
-    MethodInfo("diff-mse", "baseline", "Diff, the paper's prose design (MSE-trained MLP output added)",
-               _diff_loader("mse"), _diff_fitter("diff-mse", "mse"), uses_k=True),
-    MethodInfo("lora", "baseline", "LoRA fine-tuning (peft)", _load_lora, _fit_lora),
-    MethodInfo("hpr-unit", "hpr", "our HPR variant: the angle network reads sqrt(d) x/|x|",
-               _hpr_loader("hpr-unit", "unit", True), uses_k=True, train_options={"angle_input": "unit"}),
-)}
+REGISTRY: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo("base", "unedited", "the unedited model", _load_unedited),
+        MethodInfo(
+            "hpr",
+            "hpr",
+            "Householder pseudo-rotation (the paper's design)",
+            _hpr_loader("hpr", "raw", True),
+            uses_k=True,
+        ),
+        MethodInfo(
+            "hpr-noangle",
+            "hpr",
+            "-AnglePred: HPR's editors reflecting instead of rotating",
+            _hpr_loader("hpr-noangle", "raw", False),
+            uses_k=True,
+        ),
+        MethodInfo(
+            "iti",
+            "baseline",
+            "inference-time intervention (iti[-<alpha>][-k<heads>])",
+            _load_iti,
+            _fit_iti,
+            load_options=("alpha", "k"),
+        ),
+        MethodInfo(
+            "diff",
+            "baseline",
+            "Diff, the authors' design (unit-norm Tanh MLP output added)",
+            _diff_loader("authors"),
+            _diff_fitter("diff", "authors"),
+            uses_k=True,
+        ),
+        MethodInfo(
+            "diff-mse",
+            "baseline",
+            "Diff, the paper's prose design (MSE-trained MLP output added)",
+            _diff_loader("mse"),
+            _diff_fitter("diff-mse", "mse"),
+            uses_k=True,
+        ),
+        MethodInfo("lora", "baseline", "LoRA fine-tuning (peft)", _load_lora, _fit_lora),
+        MethodInfo(
+            "hpr-unit",
+            "hpr",
+            "our HPR variant: the angle network reads sqrt(d) x/|x|",
+            _hpr_loader("hpr-unit", "unit", True),
+            uses_k=True,
+            train_options={"angle_input": "unit"},
+        ),
+    )
+}
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)
 #: Methods that ``fit_method`` trains (the HPR family is trained by ``hpr.train``).
 FITTABLE: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.fit is not None)
@@ -142,8 +183,10 @@ HPR_TRAIN_OPTIONS: dict[str, dict[str, Any]] = {n: dict(REGISTRY[n].train_option
 def method_info(name: str) -> MethodInfo:
     """The ``MethodInfo`` of family ``name``; ``ParameterError`` naming the valid ones otherwise."""
     if name not in REGISTRY:
-        raise ParameterError(f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)} "
-                             "(and iti-<alpha>, iti-k<heads>, iti-<alpha>-k<heads>)")
+        raise ParameterError(
+            f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)} "
+            "(and iti-<alpha>, iti-k<heads>, iti-<alpha>-k<heads>)"
+        )
     return REGISTRY[name]
 
 
@@ -191,8 +234,10 @@ def parse_method(name: str) -> MethodSpec:
     m = _ITI.fullmatch(name)
     if m is None:
         if name.startswith("iti"):
-            raise ParameterError(f"cannot read the ITI method name {name!r}; write iti[-<alpha>][-k<heads>], "
-                                 "e.g. iti, iti-200, iti-k48, iti-200-k48")
+            raise ParameterError(
+                f"cannot read the ITI method name {name!r}; write iti[-<alpha>][-k<heads>], "
+                "e.g. iti, iti-200, iti-k48, iti-200-k48"
+            )
         method_info(name)
     assert m is not None
     from hpr.methods.iti import DEFAULT_ALPHA
@@ -253,14 +298,26 @@ def fit_method(
     if not train:
         raise ParameterError(f"no training records to fit {name!r} on; check the dataset split")
     start = time.perf_counter()
-    method: Any = info.fit(model=model, tokenizer=tokenizer, train=list(train), val=list(val), seed=seed,
-                           dataset=dataset, **options)
+    method: Any = info.fit(
+        model=model, tokenizer=tokenizer, train=list(train), val=list(val), seed=seed, dataset=dataset, **options
+    )
     method.config.setdefault("fit_seconds", round(time.perf_counter() - start, 1))
     method.save(out)
     return method  # type: ignore[no-any-return]
 
 
 __all__ = [
-    "FITTABLE", "HPR_FAMILY", "HPR_TRAIN_OPTIONS", "METHOD_NAMES", "REGISTRY", "USES_K", "MethodInfo",
-    "MethodSpec", "fit_method", "load_method", "method_info", "methods_help", "parse_method",
+    "FITTABLE",
+    "HPR_FAMILY",
+    "HPR_TRAIN_OPTIONS",
+    "METHOD_NAMES",
+    "REGISTRY",
+    "USES_K",
+    "MethodInfo",
+    "MethodSpec",
+    "fit_method",
+    "load_method",
+    "method_info",
+    "methods_help",
+    "parse_method",
 ]

@@ -30,7 +30,29 @@ from hpr.study.store import (
     write_results_markdown,
 )
 
-__all__ = ["FLIP_METHODS", "HPR_METHODS", "TINY", "Settings", "collect_results", "configure", "editors_dir",
-           "get_capture", "get_editors", "get_method", "get_model", "get_records", "get_results", "method_dir",
-           "predictions", "results_markdown", "results_path", "run_dir", "settings", "setup", "show", "study_flips",
-           "variant", "write_results_markdown"]
+__all__ = [
+    "FLIP_METHODS",
+    "HPR_METHODS",
+    "TINY",
+    "Settings",
+    "collect_results",
+    "configure",
+    "editors_dir",
+    "get_capture",
+    "get_editors",
+    "get_method",
+    "get_model",
+    "get_records",
+    "get_results",
+    "method_dir",
+    "predictions",
+    "results_markdown",
+    "results_path",
+    "run_dir",
+    "settings",
+    "setup",
+    "show",
+    "study_flips",
+    "variant",
+    "write_results_markdown",
+]

@@ -86,7 +86,9 @@ def npm_tarball(package: str, version: str, cache: Path | None = None) -> Path:
         )
     proc = subprocess.run(
         [npm, "pack", f"{package}@{version}", "--pack-destination", str(folder), "--silent"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0 or not path.is_file():
         raise BookError(f"npm pack {package}@{version} failed: {proc.stderr.strip()[-500:]}")
@@ -109,12 +111,15 @@ def vendor_assets(dest: Path, cache: Path | None = None) -> Path:
         for package, src, target in VENDOR_FILES:
             tar = tars[package]
             prefix = f"package/{src}"
-            members = [m for m in tar.getmembers() if m.isfile() and
-                       (m.name == prefix if not src.endswith("/") else m.name.startswith(prefix))]
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.isfile() and (m.name == prefix if not src.endswith("/") else m.name.startswith(prefix))
+            ]
             if not members:
                 raise BookError(f"{package} tarball has no {src}; update VENDOR_FILES")
             for m in members:
-                rel = m.name[len(prefix):] if src.endswith("/") else ""
+                rel = m.name[len(prefix) :] if src.endswith("/") else ""
                 if rel and _SKIP.search(Path(rel).name):
                     continue
                 out = tmp / target / rel if rel else tmp / target
@@ -150,7 +155,8 @@ def dedupe_inline_scripts(page: Path) -> bool:
     text = page.read_text(encoding="utf-8")
     # The book theme leaves the colour mode empty, which the theme's script reports as an error.
     fixed = text.replace('data-default-mode=""', 'data-default-mode="auto"').replace(
-        'localStorage.getItem("mode") || ""', 'localStorage.getItem("mode") || "auto"')
+        'localStorage.getItem("mode") || ""', 'localStorage.getItem("mode") || "auto"'
+    )
     lines = fixed.splitlines(keepends=True)
     seen: set[str] = set()
     out = []
@@ -173,7 +179,9 @@ def copy_widget_fonts(html_dir: Path, page_dirs: set[Path]) -> None:
     """Copy the widget manager's font files next to the pages that load it: the manager resolves
     them relative to the page, not to its script."""
     src = html_dir / "_static" / _MANAGER_DIST
-    fonts = [f for f in src.iterdir() if f.suffix in {".woff", ".woff2", ".ttf", ".eot", ".svg"}] if src.is_dir() else []
+    fonts = (
+        [f for f in src.iterdir() if f.suffix in {".woff", ".woff2", ".ttf", ".eot", ".svg"}] if src.is_dir() else []
+    )
     for d in page_dirs:
         # webpack's automatic public path gives either folder, depending on load order
         for dest in (d / _MANAGER_DIST, d / "@jupyter-widgets"):
@@ -193,8 +201,13 @@ def remote_references(html_dir: Path) -> dict[str, list[str]]:
     return found
 
 
-def build_book(root: str | Path = ".", strict: bool = True, cache: Path | None = None,
-               runs_dir: str | Path = "runs/book", sweep: str | Path | None = None) -> BuildResult:
+def build_book(
+    root: str | Path = ".",
+    strict: bool = True,
+    cache: Path | None = None,
+    runs_dir: str | Path = "runs/book",
+    sweep: str | Path | None = None,
+) -> BuildResult:
     """Generate the results table, vendor the JS assets and run ``jupyter-book build root -W``.
 
     The results chapter includes ``book/_generated/results.md``, written here from the results
@@ -246,5 +259,14 @@ def build_book(root: str | Path = ".", strict: bool = True, cache: Path | None =
     return BuildResult(html, seconds, len(list(html.rglob("*.html"))))
 
 
-__all__ = ["NPM_PACKAGES", "VENDOR_DIR", "BookError", "BuildResult", "build_book", "dedupe_inline_scripts", "npm_tarball",
-           "remote_references", "vendor_assets"]
+__all__ = [
+    "NPM_PACKAGES",
+    "VENDOR_DIR",
+    "BookError",
+    "BuildResult",
+    "build_book",
+    "dedupe_inline_scripts",
+    "npm_tarball",
+    "remote_references",
+    "vendor_assets",
+]

@@ -51,7 +51,11 @@ ITI_MODELS: tuple[str, ...] = ("Llama-2-7B-Chat", "Llama-3-8B-Instruct")
 PAPER_TRUTHFULQA_TEST_N = 409
 #: Hyper-parameters of the authors' public code (the printed paper lost its numeric values).
 PAPER_HYPERPARAMETERS: Mapping[str, object] = {
-    "k": 5, "batch_size": 16, "learning_rate": 5e-4, "epochs": 5, "optimizer": "AdamW (cosine schedule, warmup)",
+    "k": 5,
+    "batch_size": 16,
+    "learning_rate": 5e-4,
+    "epochs": 5,
+    "optimizer": "AdamW (cosine schedule, warmup)",
     "angle_network_layers": 4,
 }
 
@@ -77,8 +81,9 @@ def _parse(text: str, where: str) -> tuple[PaperRow, ...]:
     """Rows of the CSV ``text``; ``where`` names the file in errors."""
     reader = csv.DictReader(io.StringIO(text))
     if tuple(reader.fieldnames or ()) != _COLUMNS:
-        raise DataError(f"{where} has columns {reader.fieldnames}, expected {list(_COLUMNS)}; "
-                        "restore it from the paper's tables")
+        raise DataError(
+            f"{where} has columns {reader.fieldnames}, expected {list(_COLUMNS)}; restore it from the paper's tables"
+        )
     rows = []
     for i, rec in enumerate(reader, start=2):
         try:
@@ -87,8 +92,19 @@ def _parse(text: str, where: str) -> tuple[PaperRow, ...]:
             stderr = float(se_text) if se_text is not None else None
         except ValueError as exc:
             raise DataError(f"{where} line {i}: a value is not a number ({exc}); fix that line") from None
-        rows.append(PaperRow(rec["table"], rec["model"], rec["dataset"], rec["method"], rec["metric"],
-                             value, stderr, rec["value"].strip(), se_text))
+        rows.append(
+            PaperRow(
+                rec["table"],
+                rec["model"],
+                rec["dataset"],
+                rec["method"],
+                rec["metric"],
+                value,
+                stderr,
+                rec["value"].strip(),
+                se_text,
+            )
+        )
     return tuple(rows)
 
 
@@ -99,7 +115,9 @@ def paper_rows() -> tuple[PaperRow, ...]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError("hpr/study/paper_data/tables.csv is missing; reinstall the package (it ships the file)") from None
+        raise DataError(
+            "hpr/study/paper_data/tables.csv is missing; reinstall the package (it ships the file)"
+        ) from None
     return _parse(text, "hpr/study/paper_data/tables.csv")
 
 
@@ -123,8 +141,9 @@ def paper_row(table: int | str, model: str, dataset: str, method: str, metric: s
     return _index().get((name, model, dataset, method, metric))
 
 
-def paper_value(table: int | str, model: str, dataset: str, method: str,
-                metric: str) -> tuple[float, float | None] | None:
+def paper_value(
+    table: int | str, model: str, dataset: str, method: str, metric: str
+) -> tuple[float, float | None] | None:
     """``(value, stderr)`` in percent (stderr None where the paper prints none), or None if no such cell.
 
     ``table``: 1, 2, 3 or "Table 1"...; ``model`` one of ``PAPER_MODELS``; the rest as in the CSV.
@@ -133,8 +152,7 @@ def paper_value(table: int | str, model: str, dataset: str, method: str,
     return None if row is None else (row.value, row.stderr)
 
 
-def paper_cell(table: int | str, model: str, dataset: str, method: str, metric: str,
-               missing: str = "—") -> str:
+def paper_cell(table: int | str, model: str, dataset: str, method: str, metric: str, missing: str = "—") -> str:
     """The cell as printed in the paper: ``"51.83 ± 2.47"``, ``"38.38"``, or ``missing``."""
     row = paper_row(table, model, dataset, method, metric)
     if row is None:
@@ -147,15 +165,20 @@ def behaviour_shift_rate(flips: Mapping[str, float]) -> float:
     try:
         return float(flips[SHIFT_PARTS[0]]) + float(flips[SHIFT_PARTS[1]])
     except KeyError as exc:
-        raise DataError(f"flip rates lack {exc.args[0]!r}; pass the dict of hpr.evaluation.metrics.flip_rates") from None
+        raise DataError(
+            f"flip rates lack {exc.args[0]!r}; pass the dict of hpr.evaluation.metrics.flip_rates"
+        ) from None
 
 
 def paper_flips(method: str) -> dict[str, float]:
     """Table 3's row of ``method`` (``base``, ``iti-15``, ``iti-200``, ``hpr``) in percent; the base row
     holds only ``remains_true``, ``remains_false`` and ``overall_acc``; ``shift_rate`` is added where
     both flips are printed (ITI-15: 8.56, ITI-200: 34.23)."""
-    out = {r.metric: r.value for r in paper_rows()
-           if r.table == "Table 3" and r.model == TABLE3_MODEL and r.method == method}
+    out = {
+        r.metric: r.value
+        for r in paper_rows()
+        if r.table == "Table 3" and r.model == TABLE3_MODEL and r.method == method
+    }
     if not out:
         raise ParameterError(f"Table 3 has no row {method!r}; use base, {', '.join(TABLE3_METHODS)}")
     if all(k in out for k in SHIFT_PARTS):
@@ -171,8 +194,24 @@ def combined_stderr(a: float | None, b: float | None) -> float | None:
 
 
 __all__ = [
-    "CITATION", "FLIP_METRICS", "ITI_MODELS", "PAPER_HYPERPARAMETERS", "PAPER_MODELS", "PAPER_TABLES",
-    "PAPER_TRUTHFULQA_TEST_N", "SHIFT_PARTS", "TABLE1_METHODS", "TABLE2_DATASETS", "TABLE3_METHODS", "TABLE3_MODEL",
-    "PaperRow", "behaviour_shift_rate", "combined_stderr", "paper_cell", "paper_flips", "paper_row", "paper_rows",
+    "CITATION",
+    "FLIP_METRICS",
+    "ITI_MODELS",
+    "PAPER_HYPERPARAMETERS",
+    "PAPER_MODELS",
+    "PAPER_TABLES",
+    "PAPER_TRUTHFULQA_TEST_N",
+    "SHIFT_PARTS",
+    "TABLE1_METHODS",
+    "TABLE2_DATASETS",
+    "TABLE3_METHODS",
+    "TABLE3_MODEL",
+    "PaperRow",
+    "behaviour_shift_rate",
+    "combined_stderr",
+    "paper_cell",
+    "paper_flips",
+    "paper_row",
+    "paper_rows",
     "paper_value",
 ]

@@ -42,8 +42,9 @@ def norm_boxplots(pos: Mapping[int, np.ndarray], neg: Mapping[int, np.ndarray], 
     layers = sorted(pos)
     x = np.arange(len(layers))
     for off, data, color, label in ((-0.18, pos, "tab:green", "positive"), (0.18, neg, "tab:red", "negative")):
-        bp = ax.boxplot([np.asarray(data[i]) for i in layers], positions=x + off, widths=0.3, showfliers=False,
-                        patch_artist=True)
+        bp = ax.boxplot(
+            [np.asarray(data[i]) for i in layers], positions=x + off, widths=0.3, showfliers=False, patch_artist=True
+        )
         for b in bp["boxes"]:
             b.set_facecolor(color)
             b.set_alpha(0.5)
@@ -86,8 +87,11 @@ def probe_accuracy(acc: Mapping[int, float], selected: Sequence[int], title: str
     return fig
 
 
-def loss_curves(history: Mapping[str, Mapping[int, Sequence[float]]] | Mapping[str, Sequence[Sequence[float]]],
-                layers: Sequence[int], title: str = "") -> Figure:
+def loss_curves(
+    history: Mapping[str, Mapping[int, Sequence[float]]] | Mapping[str, Sequence[Sequence[float]]],
+    layers: Sequence[int],
+    title: str = "",
+) -> Figure:
     """Per-epoch training loss (and its BCE/MSE parts) of the given layers."""
     fig = _fig(9.0, 3.0)
     axes = fig.subplots(1, len(history), squeeze=False)[0]
@@ -118,15 +122,18 @@ def angle_scatter(pred: np.ndarray, target: np.ndarray, title: str = "") -> Figu
     return fig
 
 
-def k_curve(ks: Sequence[int], values: Mapping[str, Sequence[float]], base: Mapping[str, float] | None = None,
-            title: str = "") -> Figure:
+def k_curve(
+    ks: Sequence[int], values: Mapping[str, Sequence[float]], base: Mapping[str, float] | None = None, title: str = ""
+) -> Figure:
     """Metric values (percent) of HPR editing the top k layers, k = 1..N (Figure 6)."""
     fig = _fig(6.0, 3.4)
     ax = fig.subplots()
     for i, (name, ys) in enumerate(values.items()):
         line = ax.plot(list(ks), [100 * y for y in ys], marker="o", label=f"HPR {name}")
         if base and name in base:
-            ax.axhline(100 * base[name], color=line[0].get_color(), ls=":", lw=1, label=f"base {name}" if i < 9 else None)
+            ax.axhline(
+                100 * base[name], color=line[0].get_color(), ls=":", lw=1, label=f"base {name}" if i < 9 else None
+            )
     ax.set_xlabel("number of edited layers k")
     ax.set_ylabel("score (%)")
     ax.set_title(title or "HPR with k edited layers")
@@ -193,10 +200,11 @@ def layer_sweep(df: Any, base: Mapping[str, float], selected: Sequence[int], tit
     return fig
 
 
-
-
-def table1_figure(cells: Mapping[str, Mapping[str, tuple[float, float | None] | None]],
-                  paper: Mapping[str, Mapping[str, Mapping[str, float]]], title: str = "") -> Figure:
+def table1_figure(
+    cells: Mapping[str, Mapping[str, tuple[float, float | None] | None]],
+    paper: Mapping[str, Mapping[str, Mapping[str, float]]],
+    title: str = "",
+) -> Figure:
     """Table 1 as a picture: per metric (MC1, MC2), one bar per method with its standard error, and
     the paper's values for the same method as markers (one marker style per paper model).
 
@@ -211,13 +219,28 @@ def table1_figure(cells: Mapping[str, Mapping[str, tuple[float, float | None] | 
     for ax, metric in zip(axes, metrics, strict=True):
         xs = np.arange(len(methods))
         vals = [cells[metric].get(m) for m in methods]
-        ax.bar(xs, [v[0] if v else 0.0 for v in vals], color="tab:blue", alpha=0.75, label="ours",
-               yerr=[(v[1] or 0.0) if v else 0.0 for v in vals], capsize=3)
+        ax.bar(
+            xs,
+            [v[0] if v else 0.0 for v in vals],
+            color="tab:blue",
+            alpha=0.75,
+            label="ours",
+            yerr=[(v[1] or 0.0) if v else 0.0 for v in vals],
+            capsize=3,
+        )
         for j, (model, per) in enumerate((paper.get(metric) or {}).items()):
             pts = [(x, per[m]) for x, m in zip(xs, methods, strict=True) if m in per]
             if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[j % len(markers)], s=28,
-                           color="black", facecolors="none" if j else "black", zorder=3, label=f"paper: {model}")
+                ax.scatter(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker=markers[j % len(markers)],
+                    s=28,
+                    color="black",
+                    facecolors="none" if j else "black",
+                    zorder=3,
+                    label=f"paper: {model}",
+                )
         ax.set_xticks(xs, methods, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(0, 100)
         ax.set_ylabel(f"{metric} (%)")
@@ -227,5 +250,18 @@ def table1_figure(cells: Mapping[str, Mapping[str, tuple[float, float | None] | 
         fig.suptitle(textwrap.fill(title, 90), fontsize=10)
     return fig
 
-__all__ = ["angle_fit_per_layer", "table1_figure", "angle_scatter", "plane_assumption", "coefficient_of_variation", "k_curve", "layer_sweep", "loss_curves", "norm_boxplots",
-           "norm_histograms", "probe_accuracy", "show"]
+
+__all__ = [
+    "angle_fit_per_layer",
+    "table1_figure",
+    "angle_scatter",
+    "plane_assumption",
+    "coefficient_of_variation",
+    "k_curve",
+    "layer_sweep",
+    "loss_curves",
+    "norm_boxplots",
+    "norm_histograms",
+    "probe_accuracy",
+    "show",
+]

@@ -80,10 +80,18 @@ _COMMON_CPU: dict[str, Any] = {
 #: seeds, HPR one layer at a time on every layer: hours on two cores) into its own ``out_dir``.
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(_COMMON_CPU),
-    "cpu-extended": {**_COMMON_CPU, "profile": "cpu-extended", "out_dir": "runs/extended", "models": _BOTH,
-                     "all_methods_models": _BOTH, "methods": [*_METHODS, "hpr-unit"],
-                     "flip_methods": ["iti", "iti-200", "iti-k48", "iti-200-k48", "hpr", "hpr-unit"],
-                     "seeds": [0, 1, 2], "seed_models": _SMOL, "layer_sweep_models": _BOTH},
+    "cpu-extended": {
+        **_COMMON_CPU,
+        "profile": "cpu-extended",
+        "out_dir": "runs/extended",
+        "models": _BOTH,
+        "all_methods_models": _BOTH,
+        "methods": [*_METHODS, "hpr-unit"],
+        "flip_methods": ["iti", "iti-200", "iti-k48", "iti-200-k48", "hpr", "hpr-unit"],
+        "seeds": [0, 1, 2],
+        "seed_models": _SMOL,
+        "layer_sweep_models": _BOTH,
+    },
     "gpu": {
         **_COMMON_CPU,
         "profile": "gpu",
@@ -201,9 +209,19 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 
 #: Parameters whose ``None`` default stands for a list: the type of the list's items.
-_LISTS: dict[str, type] = {"fig6_ks": int, "table2_models": str, "models": str, "all_methods_models": str,
-                           "methods": str, "seeds": int, "layer_sweep_models": str, "seed_models": str,
-                           "seed_methods": str, "layer_sweep_methods": str, "flip_methods": str}
+_LISTS: dict[str, type] = {
+    "fig6_ks": int,
+    "table2_models": str,
+    "models": str,
+    "all_methods_models": str,
+    "methods": str,
+    "seeds": int,
+    "layer_sweep_models": str,
+    "seed_models": str,
+    "seed_methods": str,
+    "layer_sweep_methods": str,
+    "flip_methods": str,
+}
 #: Smallest item of an integer list parameter (default 1).
 _LIST_MIN: dict[str, int] = {"seeds": 0}
 
@@ -246,13 +264,17 @@ def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> None
         default = defaults[name]
         if name in _LISTS and not _list_ok(name, value):
             low = _LIST_MIN.get(name, 1)
-            kind, example = ((f"integers >= {low}", f"[{low}, {low + 1}]") if _LISTS[name] is int
-                             else ("strings", '["a", "b"]'))
-            raise ParameterError(f"parameter {name!r} must be a JSON list of {kind} (or null), got "
-                                 f"{value!r}; e.g. -p '{name}={example}'")
+            kind, example = (
+                (f"integers >= {low}", f"[{low}, {low + 1}]") if _LISTS[name] is int else ("strings", '["a", "b"]')
+            )
+            raise ParameterError(
+                f"parameter {name!r} must be a JSON list of {kind} (or null), got {value!r}; e.g. -p '{name}={example}'"
+            )
         if name in _CHOICES and not _CHOICES[name].fullmatch(json.dumps(value)):
-            raise ParameterError(f"parameter {name!r} got {value!r}; allowed: {_CHOICES[name].pattern}, "
-                                 f"e.g. -p {name}={json.dumps(PROFILES['cpu'].get(name))}")
+            raise ParameterError(
+                f"parameter {name!r} got {value!r}; allowed: {_CHOICES[name].pattern}, "
+                f"e.g. -p {name}={json.dumps(PROFILES['cpu'].get(name))}"
+            )
         if not _type_ok(default, value):
             want = "a number" if isinstance(default, float) else type(default).__name__
             raise ParameterError(
@@ -261,5 +283,15 @@ def validate_parameters(notebook: str | Path, params: Mapping[str, Any]) -> None
             )
 
 
-__all__ = ["NOTEBOOKS", "PROFILES", "PROFILE_NOTEBOOKS", "NotebookSpec", "declared_parameters", "parameter_defaults",
-           "parse_overrides", "profile_notebooks", "profile_parameters", "validate_parameters"]
+__all__ = [
+    "NOTEBOOKS",
+    "PROFILES",
+    "PROFILE_NOTEBOOKS",
+    "NotebookSpec",
+    "declared_parameters",
+    "parameter_defaults",
+    "parse_overrides",
+    "profile_notebooks",
+    "profile_parameters",
+    "validate_parameters",
+]

@@ -93,8 +93,13 @@ def _stamp(path: Path, record: Mapping[str, Any]) -> None:
         + f"run time {record['seconds']:.1f} s; finished {record['finished']}.\n\nParameters: {params}."
     )
     shown = {k: v for k, v in sorted(record["parameters"].items()) if v is not None and k not in ("data_dir",)}
-    line = ("*Run parameters* (profile `" + str(record["profile"]) + "`; full record at the end): "
-            + "; ".join(f"{k} `{_compact(v)}`" for k, v in shown.items()) + ".")
+    line = (
+        "*Run parameters* (profile `"
+        + str(record["profile"])
+        + "`; full record at the end): "
+        + "; ".join(f"{k} `{_compact(v)}`" for k, v in shown.items())
+        + "."
+    )
     ours = ("hpr-run-record", "hpr-run-parameters")
     nb.cells = [c for c in nb.cells if not set(ours) & set(c.get("metadata", {}).get("tags", []))]
     for c in nb.cells:
@@ -136,8 +141,11 @@ def commit_label(root: Path) -> str:
 def _wants_hub(params: Mapping[str, Any]) -> bool:
     """Whether the run reads the Hugging Face hub: ``source=hub`` or a model spec like ``org/name``."""
     specs = [params.get("model"), *(params.get("models") or [])]
-    hub_ids = [m for m in specs if isinstance(m, str) and "/" in m and not m.startswith(("/", ".", "~"))
-               and not Path(m).expanduser().exists()]
+    hub_ids = [
+        m
+        for m in specs
+        if isinstance(m, str) and "/" in m and not m.startswith(("/", ".", "~")) and not Path(m).expanduser().exists()
+    ]
     return params.get("source") == "hub" or bool(hub_ids)
 
 
@@ -176,8 +184,9 @@ def run_study(
             validate_parameters(src, {k: v for k, v in params.items() if k in declared_here})
     unknown_over = sorted(set(overrides or {}) - known)
     if unknown_over and known:
-        raise ParameterError(f"unknown parameter(s) {unknown_over}: no notebook declares them; "
-                             f"known parameters: {sorted(known)}")
+        raise ParameterError(
+            f"unknown parameter(s) {unknown_over}: no notebook declares them; known parameters: {sorted(known)}"
+        )
     commit = commit_label(base)
     library = _files.tree_digest(lib_root if lib_root is not None else library_root())
     data = data_fingerprint(params, base)
@@ -204,14 +213,19 @@ def run_study(
                 log(f"[hpr run] {spec.name}: skipped, depends on failed {blocked}")
                 continue
             rec = _record(dest) if dest.is_file() else {}
-            inputs = {"library": library, "notebook": source_sha, "data": data,
-                      "parameters": _files.stable_hash(json.loads(json.dumps(nb_params)), 64)}
+            inputs = {
+                "library": library,
+                "notebook": source_sha,
+                "data": data,
+                "parameters": _files.stable_hash(json.loads(json.dumps(nb_params)), 64),
+            }
             out_dir = str(params.get("out_dir") or "runs/book")
             upstream = [d for d in spec.depends if results.get(d) and results[d].status == "ran"]
             why = "--force" if force else stale_reason(rec, inputs, out_dir, base, upstream)
             if why is None:
-                results[spec.name] = RunResult(spec.name, "skipped", float(rec.get("seconds", 0.0)), dest,
-                                               parameters=nb_params)
+                results[spec.name] = RunResult(
+                    spec.name, "skipped", float(rec.get("seconds", 0.0)), dest, parameters=nb_params
+                )
                 log(f"[hpr run] {spec.name}: up to date, skipped")
                 continue
             log(f"[hpr run] {spec.name}: running ({profile} profile): {why}")
@@ -220,8 +234,15 @@ def run_study(
             tmp.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             try:
-                pm.execute_notebook(str(src), str(tmp), parameters=nb_params, kernel_name=kernel,
-                                    cwd=str(base), progress_bar=False, log_output=False)
+                pm.execute_notebook(
+                    str(src),
+                    str(tmp),
+                    parameters=nb_params,
+                    kernel_name=kernel,
+                    cwd=str(base),
+                    progress_bar=False,
+                    log_output=False,
+                )
             except pm.PapermillExecutionError as exc:
                 seconds = time.perf_counter() - t0
                 failed_path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,11 +256,20 @@ def run_study(
                 tmp.unlink(missing_ok=True)
                 raise
             seconds = time.perf_counter() - t0
-            record = {"status": "ok", "profile": profile, "parameters": nb_params, "version": __version__,
-                      **_resolved_device(nb_params),
-                      "commit": commit, "seconds": round(seconds, 2), "source_sha256": source_sha,
-                      "inputs": inputs, "inputs_sha256": _files.stable_hash(inputs, 64), "out_dir": out_dir,
-                      "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            record = {
+                "status": "ok",
+                "profile": profile,
+                "parameters": nb_params,
+                "version": __version__,
+                **_resolved_device(nb_params),
+                "commit": commit,
+                "seconds": round(seconds, 2),
+                "source_sha256": source_sha,
+                "inputs": inputs,
+                "inputs_sha256": _files.stable_hash(inputs, 64),
+                "out_dir": out_dir,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            }
             _stamp(tmp, record)
             os.replace(tmp, dest)
             if failed_path.exists():

@@ -34,12 +34,17 @@ def has_artifacts(out_dir: Path) -> bool:
 
 
 #: Input name in the run record -> why a change of it re-runs the notebook.
-_INPUT_REASONS: dict[str, str] = {"library": "library changed", "notebook": "notebook changed",
-                                  "parameters": "parameters changed", "data": "data changed"}
+_INPUT_REASONS: dict[str, str] = {
+    "library": "library changed",
+    "notebook": "notebook changed",
+    "parameters": "parameters changed",
+    "data": "data changed",
+}
 
 
-def stale_reason(record: Mapping[str, Any], inputs: Mapping[str, str], out_dir: str, base: Path,
-                 upstream_ran: Sequence[str] = ()) -> str | None:
+def stale_reason(
+    record: Mapping[str, Any], inputs: Mapping[str, str], out_dir: str, base: Path, upstream_ran: Sequence[str] = ()
+) -> str | None:
     """Why the notebook of ``record`` must run again, or None when it is up to date."""
     if not record:
         return "never ran"

@@ -54,8 +54,14 @@ class Settings:
 SETTINGS = Settings()
 
 
-def setup(source: str | None = None, add_bos: bool | None = None, device: str = "auto",
-          dtype: str | None = None, device_map: str | None = None, threads: int = 2) -> Settings:
+def setup(
+    source: str | None = None,
+    add_bos: bool | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    device_map: str | None = None,
+    threads: int = 2,
+) -> Settings:
     """What every notebook runs first: ``configure`` the study settings, use at most ``threads``
     CPU threads, and keep progress bars out of the executed notebook (transformers' weight-loading
     bar would stay frozen in the page; the run log has the timings)."""
@@ -102,8 +108,9 @@ def configure(**options: Any) -> Settings:
     torch.set_flush_denormal(True)
     unknown = set(options) - set(Settings.__dataclass_fields__)
     if unknown:
-        raise ParameterError(f"unknown study setting(s) {sorted(unknown)}; known: "
-                             f"{sorted(Settings.__dataclass_fields__)}")
+        raise ParameterError(
+            f"unknown study setting(s) {sorted(unknown)}; known: {sorted(Settings.__dataclass_fields__)}"
+        )
     SETTINGS = replace(Settings(), **{k: v for k, v in options.items() if v is not None})
     return SETTINGS
 
@@ -157,8 +164,9 @@ def get_model(name: str) -> tuple[nn.Module, Any]:
 
 
 # ------------------------------------------------------------------ data
-def get_records(dataset: str, split: str, data_dir: str | None = None, seed: int = 0,
-                cap: int | None = None) -> list[Record]:
+def get_records(
+    dataset: str, split: str, data_dir: str | None = None, seed: int = 0, cap: int | None = None
+) -> list[Record]:
     """Records of ``dataset``/``split``; with ``cap``, a seeded sample of ``cap`` records
     stratified by subtask (``hpr.data.datasets.cap_records``; the seed is the split seed).
 
@@ -174,25 +182,36 @@ def get_records(dataset: str, split: str, data_dir: str | None = None, seed: int
         try:
             recs = [Record.from_dict(r) for r in rows]
         except (KeyError, TypeError) as exc:
-            raise DataError(f"{local}: each line must be a Record object (id, prompt, choices, correct): {exc}") from exc
+            raise DataError(
+                f"{local}: each line must be a Record object (id, prompt, choices, correct): {exc}"
+            ) from exc
     else:
         from hpr.data.datasets import load_split
 
-        recs = load_split(dataset, split, data_dir=data_dir, seed=seed, source=SETTINGS.source,
-                          scheme=SETTINGS.scheme)
+        recs = load_split(dataset, split, data_dir=data_dir, seed=seed, source=SETTINGS.source, scheme=SETTINGS.scheme)
     return cap_records(dataset, recs, cap, seed)
 
 
-def get_capture(model_name: str, dataset: str, split: str, data_dir: str | None = None, seed: int = 0,
-                cap: int | None = None) -> Any:
+def get_capture(
+    model_name: str, dataset: str, split: str, data_dir: str | None = None, seed: int = 0, cap: int | None = None
+) -> Any:
     """Captured answer-token activations of every layer (``hpr.lm.capture.capture``, cached), in the
     training prompt format of ``dataset`` (``TRAIN_FORMAT``)."""
     from hpr.lm.capture import capture
 
     model, tok = get_model(model_name)
     recs = get_records(dataset, split, data_dir, seed, cap)
-    return capture(model, tok, recs, dataset=dataset, split=split, seed=seed, name=model_name, progress=False,
-                   prompt_format=TRAIN_FORMAT.get(dataset, "mc-letter"))
+    return capture(
+        model,
+        tok,
+        recs,
+        dataset=dataset,
+        split=split,
+        seed=seed,
+        name=model_name,
+        progress=False,
+        prompt_format=TRAIN_FORMAT.get(dataset, "mc-letter"),
+    )
 
 
 # ------------------------------------------------------------------ editors and methods
@@ -204,12 +223,20 @@ def variant(data_dir: str | Path | None, train_cap: int | None, **params: Any) -
     folder = data_dir if data_dir is not None else os.environ.get("HPR_DATA_DIR") or None
     where = str(Path(folder).resolve()) if folder else None
     data = {"source": SETTINGS.source, "scheme": SETTINGS.scheme}
-    return _files.stable_hash({"data_dir": where, "train_cap": train_cap,
-                           **{k: v for k, v in data.items() if v is not None}, **params}, 8)
+    return _files.stable_hash(
+        {"data_dir": where, "train_cap": train_cap, **{k: v for k, v in data.items() if v is not None}, **params}, 8
+    )
 
 
-def editors_dir(model_name: str, dataset: str, seed: int, out_dir: str | Path, data_dir: str | None = None,
-                train_cap: int | None = None, **train_kw: Any) -> Path:
+def editors_dir(
+    model_name: str,
+    dataset: str,
+    seed: int,
+    out_dir: str | Path,
+    data_dir: str | None = None,
+    train_cap: int | None = None,
+    **train_kw: Any,
+) -> Path:
     """Where the HPR editors of ``model_name`` trained on ``dataset`` live (the key includes the
     training configuration, so editors trained with other settings are never reused)."""
     from hpr.train import TrainConfig
@@ -218,8 +245,16 @@ def editors_dir(model_name: str, dataset: str, seed: int, out_dir: str | Path, d
     return run_dir(out_dir, model_name, dataset, seed) / ("hpr-" + variant(data_dir, train_cap, **key))
 
 
-def get_editors(model_name: str, dataset: str = "truthfulqa", data_dir: str | None = None, seed: int = 0,
-                out_dir: str | Path = "runs/book", k: int = 5, train_cap: int | None = None, **train_kw: Any) -> Any:
+def get_editors(
+    model_name: str,
+    dataset: str = "truthfulqa",
+    data_dir: str | None = None,
+    seed: int = 0,
+    out_dir: str | Path = "runs/book",
+    k: int = 5,
+    train_cap: int | None = None,
+    **train_kw: Any,
+) -> Any:
     """HPR editors for every layer of ``model_name`` (top ``k`` selected), trained on ``dataset``'s
     train split (layers chosen on its val split): loaded from ``editors_dir(...)`` when present,
     else trained with ``hpr.train.train_from_model`` and saved."""
@@ -233,17 +268,35 @@ def get_editors(model_name: str, dataset: str = "truthfulqa", data_dir: str | No
 
     train = get_records(dataset, "train", data_dir, seed, train_cap)
     val = get_records(dataset, "val", data_dir, seed, train_cap)
-    editors = train_from_model(model, tok, train, val, k=k, seed=seed, dataset=dataset, name=model_name,
-                               prompt_format=TRAIN_FORMAT.get(dataset, "mc-letter"), progress=False, **train_kw)
+    editors = train_from_model(
+        model,
+        tok,
+        train,
+        val,
+        k=k,
+        seed=seed,
+        dataset=dataset,
+        name=model_name,
+        prompt_format=TRAIN_FORMAT.get(dataset, "mc-letter"),
+        progress=False,
+        **train_kw,
+    )
     editors.config["train_dataset"] = dataset
     editors.config["train_cap"] = train_cap
     editors.save(path)
     return editors.top(k)
 
 
-def method_dir(model_name: str, method: str, dataset: str, seed: int, out_dir: str | Path,
-               data_dir: str | Path | None = None, train_cap: int | None = None,
-               options: dict[str, Any] | None = None) -> Path:
+def method_dir(
+    model_name: str,
+    method: str,
+    dataset: str,
+    seed: int,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    train_cap: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> Path:
     """Where ``method``'s fitted artifact for ``model_name`` lives (variants that differ only in how
     they are loaded, such as ITI's alpha, share one)."""
     from hpr.methods import parse_method
@@ -256,9 +309,17 @@ def method_dir(model_name: str, method: str, dataset: str, seed: int, out_dir: s
     return run_dir(out_dir, model_name, dataset, seed) / f"{base}-{variant(data_dir, train_cap, **opts)}"
 
 
-def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_dir: str | None = None,
-               seed: int = 0, out_dir: str | Path = "runs/book", k: int = 5, train_cap: int | None = None,
-               options: dict[str, Any] | None = None) -> Any:
+def get_method(
+    model_name: str,
+    method: str,
+    dataset: str = "truthfulqa",
+    data_dir: str | None = None,
+    seed: int = 0,
+    out_dir: str | Path = "runs/book",
+    k: int = 5,
+    train_cap: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> Any:
     """A ready method object (``apply(model)`` context manager), trained once and cached.
 
     ``method``: any name ``hpr.methods.registry.parse_method`` accepts: ``base``, ``hpr``, ``hpr-noangle``, ``hpr-unit``,
@@ -276,19 +337,39 @@ def get_method(model_name: str, method: str, dataset: str = "truthfulqa", data_d
         return es.with_angle(False) if spec.family == "hpr-noangle" else es
     extra = {**spec.fit_options, **(options or {})}
     if spec.uses_k:
-        extra.setdefault("layers", list(get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap).selected))
+        extra.setdefault(
+            "layers", list(get_editors(model_name, dataset, data_dir, seed, out_dir, k, train_cap).selected)
+        )
     path = method_dir(model_name, method, dataset, seed, out_dir, data_dir, train_cap, extra)
     if not (path / "config.json").is_file():
-        fit_method(spec.family, model=model, tokenizer=tok, train=get_records(dataset, "train", data_dir, seed, train_cap),
-                   val=get_records(dataset, "val", data_dir, seed, train_cap), out=path, seed=seed,
-                   dataset=dataset, **extra)
+        fit_method(
+            spec.family,
+            model=model,
+            tokenizer=tok,
+            train=get_records(dataset, "train", data_dir, seed, train_cap),
+            val=get_records(dataset, "val", data_dir, seed, train_cap),
+            out=path,
+            seed=seed,
+            dataset=dataset,
+            **extra,
+        )
     return load_method(spec.family, path, model, **spec.load_options)
 
 
 # ------------------------------------------------------------------ evaluation
-def results_path(model_name: str, method: str, dataset: str, seed: int, out_dir: str | Path,
-                 eval_dataset: str | None = None, limit: int | None = None, tag: str = "",
-                 k: int = 5, train_cap: int | None = None, data_dir: str | Path | None = None) -> Path:
+def results_path(
+    model_name: str,
+    method: str,
+    dataset: str,
+    seed: int,
+    out_dir: str | Path,
+    eval_dataset: str | None = None,
+    limit: int | None = None,
+    tag: str = "",
+    k: int = 5,
+    train_cap: int | None = None,
+    data_dir: str | Path | None = None,
+) -> Path:
     """The results folder ``<run dir>/results/<eval dataset>/<method>[-<tag>][-limit<N>]-<variant>``
     (``results.json`` and ``predictions.jsonl``, ``hpr.evaluation.evaluate``'s format); the variant
     hashes k (for methods that use it), the training cap, the data folder and source, and add_bos."""
@@ -302,10 +383,20 @@ def results_path(model_name: str, method: str, dataset: str, seed: int, out_dir:
     return run_dir(out_dir, model_name, dataset, seed) / "results" / ev / name
 
 
-def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_dir: str | None = None,
-                seed: int = 0, out_dir: str | Path = "runs/book", k: int = 5, eval_dataset: str | None = None,
-                limit: int | None = None, train_cap: int | None = None, editor: Any = None,
-                tag: str = "") -> dict[str, Any]:
+def get_results(
+    model_name: str,
+    method: str,
+    dataset: str = "truthfulqa",
+    data_dir: str | None = None,
+    seed: int = 0,
+    out_dir: str | Path = "runs/book",
+    k: int = 5,
+    eval_dataset: str | None = None,
+    limit: int | None = None,
+    train_cap: int | None = None,
+    editor: Any = None,
+    tag: str = "",
+) -> dict[str, Any]:
     """Test-split results of ``method`` trained on ``dataset``, scored on ``eval_dataset`` (default:
     the training dataset), as a flat row (``hpr.evaluation.read_results``).
 
@@ -327,11 +418,23 @@ def get_results(model_name: str, method: str, dataset: str = "truthfulqa", data_
     model, tok = get_model(model_name)
     target = eval_dataset or dataset
     records = get_records(target, "test", data_dir, seed, limit)
-    obj = editor if editor is not None else get_method(model_name, method, dataset, data_dir, seed, out_dir, k,
-                                                       train_cap)
-    config = {"model": model_name, "method": method, "tag": tag, "train_dataset": dataset, "split": "test",
-              "cap": limit, "cap_seed": seed if limit else None, "strata": strata(target, records) if limit else None,
-              "train_cap": train_cap, "seed": seed, "k": k, "settings": asdict(SETTINGS)}
+    obj = (
+        editor if editor is not None else get_method(model_name, method, dataset, data_dir, seed, out_dir, k, train_cap)
+    )
+    config = {
+        "model": model_name,
+        "method": method,
+        "tag": tag,
+        "train_dataset": dataset,
+        "split": "test",
+        "cap": limit,
+        "cap_seed": seed if limit else None,
+        "strata": strata(target, records) if limit else None,
+        "train_cap": train_cap,
+        "seed": seed,
+        "k": k,
+        "settings": asdict(SETTINGS),
+    }
     evaluate(model, tok, target, records, path, method=obj, config=config, progress=False, add_bos=SETTINGS.add_bos)
     return read_results(path)
 
@@ -359,8 +462,13 @@ def collect_results(out_dir: str | Path = "runs/book") -> list[dict[str, Any]]:
 def study_flips(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Table 3's flip rates per model and method (``FLIP_METHODS`` against base, TruthfulQA MC1),
     from the predictions next to the main (untagged) results rows."""
-    main = [r for r in rows if not r.get("tag") and r.get("dataset") == "truthfulqa"
-            and r.get("train_dataset", "truthfulqa") == "truthfulqa"]
+    main = [
+        r
+        for r in rows
+        if not r.get("tag")
+        and r.get("dataset") == "truthfulqa"
+        and r.get("train_dataset", "truthfulqa") == "truthfulqa"
+    ]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for base in (r for r in main if r["method"] == "base"):
         for r in main:
@@ -384,7 +492,30 @@ def write_results_markdown(out_dir: str | Path = "runs/book", dest: str | Path =
     return Path(dest)
 
 
-__all__ = ["FLIP_METHODS", "HPR_METHODS", "SETTINGS", "TINY", "Settings", "collect_results",
-           "configure", "editors_dir", "get_capture", "get_editors", "get_method", "get_model", "get_records",
-           "get_results", "method_dir", "predictions", "results_markdown", "results_path", "run_dir", "settings", "show", "slug",
-           "study_flips", "variant", "write_results_markdown"]
+__all__ = [
+    "FLIP_METHODS",
+    "HPR_METHODS",
+    "SETTINGS",
+    "TINY",
+    "Settings",
+    "collect_results",
+    "configure",
+    "editors_dir",
+    "get_capture",
+    "get_editors",
+    "get_method",
+    "get_model",
+    "get_records",
+    "get_results",
+    "method_dir",
+    "predictions",
+    "results_markdown",
+    "results_path",
+    "run_dir",
+    "settings",
+    "show",
+    "slug",
+    "study_flips",
+    "variant",
+    "write_results_markdown",
+]

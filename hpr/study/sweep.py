@@ -33,8 +33,17 @@ from hpr.errors import ParameterError
 EXECUTORS = ("local", "slurm", "submitit-local")
 POINT_FILE, STATUS_FILE = "point.json", "status.json"
 #: submitit Slurm options a sweep passes on (names as ``SlurmExecutor.update_parameters`` takes them).
-SLURM_OPTIONS = ("partition", "time", "gpus_per_node", "cpus_per_task", "mem", "array_parallelism", "account",
-                 "qos", "constraint")
+SLURM_OPTIONS = (
+    "partition",
+    "time",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem",
+    "array_parallelism",
+    "account",
+    "qos",
+    "constraint",
+)
 
 
 @dataclass(frozen=True)
@@ -160,21 +169,38 @@ def run_point(point: Point) -> dict[str, Any]:
     log_path = folder / "run.log"
     try:
         with log_path.open("a", encoding="utf-8") as log:
-            results = run_study(point.profile, point.parameters, only=list(point.only) or None, root=point.root,
-                                output_dir=str(folder / "notebooks"),
-                                log=lambda m: (log.write(m + "\n"), log.flush()))
+            results = run_study(
+                point.profile,
+                point.parameters,
+                only=list(point.only) or None,
+                root=point.root,
+                output_dir=str(folder / "notebooks"),
+                log=lambda m: (log.write(m + "\n"), log.flush()),
+            )
     except Exception as exc:  # noqa: BLE001 - a point's failure is recorded, the sweep goes on
-        status = {"state": "failed", "started": started, "finished": time.time(), "notebook": None, "cell": None,
-                  "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+        status = {
+            "state": "failed",
+            "started": started,
+            "finished": time.time(),
+            "notebook": None,
+            "cell": None,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-4000:],
+        }
         _write_status(point, **status)
         return {"key": point.key, **status}
     bad = [r for r in results if r.status in ("failed", "blocked")]
     first = next((r for r in bad if r.status == "failed"), bad[0] if bad else None)
-    status = {"state": "failed" if bad else "done", "started": started, "finished": time.time(),
-              "seconds": round(time.time() - started, 1),
-              "notebooks": {r.name: r.status for r in results},
-              "notebook": first.name if first else None, "cell": first.cell if first else None,
-              "error": first.error if first else ""}
+    status = {
+        "state": "failed" if bad else "done",
+        "started": started,
+        "finished": time.time(),
+        "seconds": round(time.time() - started, 1),
+        "notebooks": {r.name: r.status for r in results},
+        "notebook": first.name if first else None,
+        "cell": first.cell if first else None,
+        "error": first.error if first else "",
+    }
     _write_status(point, **status)
     return {"key": point.key, **status}
 
@@ -209,8 +235,13 @@ def _alive(pid: int) -> bool:
 def sweep_status(folder: str | Path, points: Sequence[Point] | None = None) -> list[dict[str, Any]]:
     """Every point's state under the sweep ``folder`` (the points given, else every point folder)."""
     base = Path(folder)
-    dirs = [Path(p.folder) for p in points] if points is not None else sorted(
-        d for d in base.iterdir() if d.is_dir() and (d / POINT_FILE).is_file()) if base.is_dir() else []
+    dirs = (
+        [Path(p.folder) for p in points]
+        if points is not None
+        else sorted(d for d in base.iterdir() if d.is_dir() and (d / POINT_FILE).is_file())
+        if base.is_dir()
+        else []
+    )
     return [read_status(d) for d in dirs]
 
 
@@ -226,8 +257,9 @@ def _executor(kind: str, folder: Path, slurm: Mapping[str, Any]) -> Any:
     return ex
 
 
-def run_sweep(spec: SweepSpec, folder: str | Path, root: str | Path = ".", force: bool = False,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_sweep(
+    spec: SweepSpec, folder: str | Path, root: str | Path = ".", force: bool = False, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Run every point of ``spec`` that is not done (all with ``force``), with ``spec.executor``;
     returns the final status of each point. A point's failure is reported, not raised."""
     base = Path(folder)
@@ -240,7 +272,10 @@ def run_sweep(spec: SweepSpec, folder: str | Path, root: str | Path = ".", force
         for p in todo:
             log(f"[hpr sweep] {p.key}: running")
             st = run_point(p)
-            log(f"[hpr sweep] {p.key}: {st['state']}" + (f" ({st['notebook']}: {st['error']})" if st["state"] != "done" else ""))
+            log(
+                f"[hpr sweep] {p.key}: {st['state']}"
+                + (f" ({st['notebook']}: {st['error']})" if st["state"] != "done" else "")
+            )
     elif todo:
         ex = _executor(spec.executor, base, spec.slurm)
         jobs = ex.map_array(run_point, todo)
@@ -261,7 +296,9 @@ def status_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [f"{'point':<60} {'state':<8} {'seconds':>8}  error"]
     for r in rows:
         err = f"{r.get('notebook')} cell {r.get('cell')}: {r.get('error')}" if r.get("state") == "failed" else ""
-        secs = r.get("seconds") or (round(time.time() - r["started"]) if r.get("state") == "running" and r.get("started") else "")
+        secs = r.get("seconds") or (
+            round(time.time() - r["started"]) if r.get("state") == "running" and r.get("started") else ""
+        )
         lines.append(f"{r['key'][:60]:<60} {r['state']:<8} {secs!s:>8}  {err[:160]}")
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in dict.fromkeys(r["state"] for r in rows)}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) or "no points")
@@ -293,8 +330,10 @@ def sweep_markdown(folder: str | Path) -> str:
     if not rows:
         return "*No results in this sweep yet: run `hpr sweep` first.*\n"
     metrics = {"truthfulqa": ("mc1", "mc2")}
-    parts = [f"*Sweep `{Path(folder).name}`: {len({r['sweep_point'] for r in rows})} run(s); mean ± sample "
-             "standard deviation over the seeds each row ran on (%).*"]
+    parts = [
+        f"*Sweep `{Path(folder).name}`: {len({r['sweep_point'] for r in rows})} run(s); mean ± sample "
+        "standard deviation over the seeds each row ran on (%).*"
+    ]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
         for r in rows:
@@ -317,5 +356,20 @@ def sweep_markdown(folder: str | Path) -> str:
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
-__all__ = ["EXECUTORS", "SLURM_OPTIONS", "Point", "SweepSpec", "expand", "parse_grid", "point_key", "read_spec",
-           "read_status", "run_point", "run_sweep", "status_table", "sweep_markdown", "sweep_rows", "sweep_status"]
+__all__ = [
+    "EXECUTORS",
+    "SLURM_OPTIONS",
+    "Point",
+    "SweepSpec",
+    "expand",
+    "parse_grid",
+    "point_key",
+    "read_spec",
+    "read_status",
+    "run_point",
+    "run_sweep",
+    "status_table",
+    "sweep_markdown",
+    "sweep_rows",
+    "sweep_status",
+]

@@ -26,15 +26,24 @@ Cell = tuple[float, float | None]
 Flips = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 MISSING = "—"
-NO_RESULTS = ("*No results yet: run `make book` (or `hpr run`) to produce them; these tables are generated "
-              "from the results files.*\n")
+NO_RESULTS = (
+    "*No results yet: run `make book` (or `hpr run`) to produce them; these tables are generated "
+    "from the results files.*\n"
+)
 MODEL_LABELS: dict[str, str] = {
-    "smollm2-135m-instruct": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M",
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct",
+    "gemma3-270m": "Gemma-3-270M",
     "tiny-random": "tiny random Llama",
 }
 METHOD_LABELS: dict[str, str] = {
-    "base": "Base", "lora": "LoRA", "diff": "Diff", "iti": "ITI", "hpr": "HPR", "hpr-noangle": "-AnglePred",
-    "diff-mse": "Diff (MSE design)", "hpr-unit": "HPR (unit variant)",
+    "base": "Base",
+    "lora": "LoRA",
+    "diff": "Diff",
+    "iti": "ITI",
+    "hpr": "HPR",
+    "hpr-noangle": "-AnglePred",
+    "diff-mse": "Diff (MSE design)",
+    "hpr-unit": "HPR (unit variant)",
 }
 DATASET_LABELS: dict[str, str] = {"truthfulqa": "TruthfulQA", "bbq": "BBQ", "seq": "SEQ", "toxigen": "ToxiGen"}
 #: The baselines HPR is claimed to beat in Table 1.
@@ -44,8 +53,14 @@ EXTRA_ORDER: tuple[str, ...] = ("diff-mse", "iti-200", "iti-k48", "hpr-unit")
 TRANSFER = "transfer"
 _ITI = re.compile(r"^iti(?:-(\d+(?:\.\d+)?))?(?:-k(\d+))?$")
 _FLIP_COLUMNS = ("false_to_true", "true_to_false", "remains_true", "remains_false", "overall_acc", "shift_rate")
-_FLIP_HEADERS = ("False→True", "True→False", "Remains true", "Remains false", "Overall accuracy",
-                 "Behaviour shift rate")
+_FLIP_HEADERS = (
+    "False→True",
+    "True→False",
+    "Remains true",
+    "Remains false",
+    "Overall accuracy",
+    "Behaviour shift rate",
+)
 
 
 # ------------------------------------------------------------------ labels and cells
@@ -140,6 +155,7 @@ def find_cell(rows: Sequence[Mapping[str, Any]], model: str, dataset: str, kind:
 
 def _scope(rows: Sequence[Mapping[str, Any]]) -> str:
     """``"n = 149, test split, source bigbench"`` plus a cap note, from the rows' keys."""
+
     def uniq(key: str) -> list[str]:
         return [str(v) for v in dict.fromkeys(r.get(key) for r in rows) if v not in (None, "")]
 
@@ -165,8 +181,11 @@ def _caption_ours(rows: Sequence[Mapping[str, Any]], models: Sequence[str], data
 
 # ------------------------------------------------------------------ Table 1
 def _extra_methods(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    names = [m for m in dict.fromkeys(str(r["method"]) for r in rows if r.get("dataset") == "truthfulqa")
-             if m not in paper.TABLE1_METHODS and m != "iti-15"]
+    names = [
+        m
+        for m in dict.fromkeys(str(r["method"]) for r in rows if r.get("dataset") == "truthfulqa")
+        if m not in paper.TABLE1_METHODS and m != "iti-15"
+    ]
     return sorted(names, key=lambda m: (EXTRA_ORDER.index(m) if m in EXTRA_ORDER else len(EXTRA_ORDER), names.index(m)))
 
 
@@ -197,8 +216,11 @@ def table1_figure_data(rows: Sequence[Mapping[str, Any]], model: str) -> tuple[d
     theirs: dict[str, Any] = {}
     for x in ("mc1", "mc2"):
         for pm in PAPER_MODELS:
-            vals = {method_label(m): v[0] for m in methods
-                    if (v := paper.paper_value(1, pm, "truthfulqa", m, x)) is not None}
+            vals = {
+                method_label(m): v[0]
+                for m in methods
+                if (v := paper.paper_value(1, pm, "truthfulqa", m, x)) is not None
+            }
             if vals:
                 theirs.setdefault(x.upper(), {})[pm] = vals
     return ours, theirs
@@ -217,14 +239,24 @@ def _table1_model_claims(rows: Sequence[Mapping[str, Any]], model: str) -> str:
     def near(a: str, b: str) -> str:
         return both(lambda x: claim_similar(c(a, x), c(b, x), method_label(a), method_label(b)))
 
-    return ". ".join([
-        "HPR above every baseline (Base, LoRA, Diff, ITI): "
-        + both(lambda x: claim_beats_all(c("hpr", x), [(method_label(b), c(b, x)) for b in BASELINES])),
-        "HPR far above Diff: " + gt("hpr", "diff"), "HPR above ITI: " + gt("hpr", "iti"),
-        "-AnglePred close to Base: " + near("hpr-noangle", "base"), "LoRA close to Base: " + near("lora", "base"),
-    ] + [f"Not a claim of the paper: {method_label(a)} above {method_label(b)}: " + gt(a, b)
-         for a, b in (("hpr", "diff-mse"), ("diff-mse", "diff"), ("hpr-unit", "hpr"))
-         if c(a, "mc1") is not None and c(b, "mc1") is not None]) + "."
+    return (
+        ". ".join(
+            [
+                "HPR above every baseline (Base, LoRA, Diff, ITI): "
+                + both(lambda x: claim_beats_all(c("hpr", x), [(method_label(b), c(b, x)) for b in BASELINES])),
+                "HPR far above Diff: " + gt("hpr", "diff"),
+                "HPR above ITI: " + gt("hpr", "iti"),
+                "-AnglePred close to Base: " + near("hpr-noangle", "base"),
+                "LoRA close to Base: " + near("lora", "base"),
+            ]
+            + [
+                f"Not a claim of the paper: {method_label(a)} above {method_label(b)}: " + gt(a, b)
+                for a, b in (("hpr", "diff-mse"), ("diff-mse", "diff"), ("hpr-unit", "hpr"))
+                if c(a, "mc1") is not None and c(b, "mc1") is not None
+            ]
+        )
+        + "."
+    )
 
 
 def table1_claims(rows: Sequence[Mapping[str, Any]], models: Sequence[str]) -> str:
@@ -253,9 +285,10 @@ def _table2_each(rows: Sequence[Mapping[str, Any]], model: str, kind: str) -> st
     """``"BBQ holds (...); SEQ ...; ToxiGen ..."`` for "``kind`` > Base" on each dataset."""
     name = "HPR" if kind == "hpr" else "HPR (transfer)"
     return "; ".join(
-        f"{DATASET_LABELS[d]} " + claim_greater(find_cell(rows, model, d, kind, "acc"),
-                                                find_cell(rows, model, d, "base", "acc"), name, "Base")
-        for d in paper.TABLE2_DATASETS)
+        f"{DATASET_LABELS[d]} "
+        + claim_greater(find_cell(rows, model, d, kind, "acc"), find_cell(rows, model, d, "base", "acc"), name, "Base")
+        for d in paper.TABLE2_DATASETS
+    )
 
 
 def table2_claims(rows: Sequence[Mapping[str, Any]], models: Sequence[str]) -> str:
@@ -370,26 +403,50 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], flips: Flips) -> str:
         f"*MC1 and MC2 (%, ± standard error). Ours: {_caption_ours(rows, models, ['truthfulqa'])}. "
         f"Paper: its {tqa_n} test questions, values as printed ({paper.CITATION}, Table 1). "
         f"{MISSING} = not measured or not reported.*",
-        table1(rows, models), table1_claims(rows, models),
+        table1(rows, models),
+        table1_claims(rows, models),
         "## Table 2: BBQ, SEQ and ToxiGen",
         f"*Accuracy (%, ± standard error). Ours: {_caption_ours(rows, models, list(paper.TABLE2_DATASETS))}. "
         "HPR: editors trained on the same dataset; transfer: the TruthfulQA editors. "
         "Paper: tested on each dataset's validation set, values as printed (Table 2).*",
-        table2(rows, models), table2_claims(rows, models),
+        table2(rows, models),
+        table2_claims(rows, models),
         "## Table 3: flip rates",
         "*How the TruthfulQA MC1 choice changes against the base model (% of test questions, ± binomial "
         "standard error); behaviour shift rate = False→True + True→False. Ours: "
         + ("; ".join(_flip_scope(m, f, rows) for m, f in flips.items()) or "none")
         + (f" (no flip rates for {', '.join(missing3)})" if missing3 and flips else "")
         + f". Paper: {TABLE3_MODEL}, {tqa_n} test questions (Table 3).*",
-        table3(flips), table3_claims(flips),
+        table3(flips),
+        table3_claims(flips),
     ]
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
 __all__ = [
-    "METHOD_LABELS", "MISSING", "MODEL_LABELS", "NO_RESULTS", "claim_beats_all", "claim_greater", "claim_similar",
-    "find_cell", "flip_cells", "flip_label", "fmt_cell", "main_rows", "markdown_table", "method_label", "metric_cell",
-    "model_label", "our_models", "results_markdown", "table1", "table1_claims", "table1_figure_data", "table2", "table2_claims", "table3",
+    "METHOD_LABELS",
+    "MISSING",
+    "MODEL_LABELS",
+    "NO_RESULTS",
+    "claim_beats_all",
+    "claim_greater",
+    "claim_similar",
+    "find_cell",
+    "flip_cells",
+    "flip_label",
+    "fmt_cell",
+    "main_rows",
+    "markdown_table",
+    "method_label",
+    "metric_cell",
+    "model_label",
+    "our_models",
+    "results_markdown",
+    "table1",
+    "table1_claims",
+    "table1_figure_data",
+    "table2",
+    "table2_claims",
+    "table3",
     "table3_claims",
 ]

@@ -66,8 +66,9 @@ class RotationExplorer:
     layer are captured once at construction (one forward per prompt).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, editors: EditorSet,
-                 prompts: Sequence[str], top_tokens: int = 8) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, editors: EditorSet, prompts: Sequence[str], top_tokens: int = 8
+    ) -> None:
         if not prompts:
             raise ParameterError("RotationExplorer needs at least one prompt")
         self.model, self.tokenizer, self.editors = model, tokenizer, editors
@@ -126,8 +127,20 @@ class RotationExplorer:
         probs = self._next_token_probs(layer, example, rot)
         top = torch.topk(probs, min(self.top_tokens, probs.numel()))
         tokens = tuple(self.tokenizer.decode([int(i)]) for i in top.indices)
-        return Frame(layer, example, float(theta), coords, float(angle_between(a, ha)), float(a.norm()),
-                     float(rot.norm()), p_rot, p_a, theta_pred, tokens, tuple(float(x) for x in top.values))
+        return Frame(
+            layer,
+            example,
+            float(theta),
+            coords,
+            float(angle_between(a, ha)),
+            float(a.norm()),
+            float(rot.norm()),
+            p_rot,
+            p_a,
+            theta_pred,
+            tokens,
+            tuple(float(x) for x in top.values),
+        )
 
     def _next_token_probs(self, layer: int, example: int, rotated: Tensor) -> Tensor:
         ids = self._ids[example]
@@ -153,8 +166,7 @@ class RotationExplorer:
         ax.plot((r * torch.cos(t)).numpy(), (r * torch.sin(t)).numpy(), color="0.85", lw=1)
         colors = {"a": "tab:red", "Ha": "tab:green", "rotated": "tab:blue"}
         for name, (x, y) in frame.coords.items():
-            ax.annotate("", xy=(x, y), xytext=(0, 0),
-                        arrowprops={"arrowstyle": "->", "color": colors[name], "lw": 2})
+            ax.annotate("", xy=(x, y), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": colors[name], "lw": 2})
             ax.text(x * 1.08, y * 1.08, {"a": "a", "Ha": "Ha", "rotated": "a'"}[name], color=colors[name])
         # The angles, drawn as arcs at 60% of |a|: gamma from a to Ha, theta from a to a'.
         for name, radius, color in (("Ha", 0.55, "tab:green"), ("rotated", 0.65, "tab:blue")):
@@ -174,8 +186,11 @@ class RotationExplorer:
             ax.set_ylim(-1.25 * r, 1.25 * r)
             zoom = ""
         ax.set_aspect("equal")
-        ax.set_title(f"layer {frame.layer}: theta = {frame.theta:.2f} rad ({math.degrees(frame.theta):.0f} deg), "
-                     f"gamma = angle(a, Ha) = {frame.gamma:.3f} rad{zoom}", fontsize=8)
+        ax.set_title(
+            f"layer {frame.layer}: theta = {frame.theta:.2f} rad ({math.degrees(frame.theta):.0f} deg), "
+            f"gamma = angle(a, Ha) = {frame.gamma:.3f} rad{zoom}",
+            fontsize=8,
+        )
         ax.set_xlabel(f"|a|={frame.norm_a:.3f}  |a'|={frame.norm_rot:.3f}  p(a')={frame.p:.3f}", fontsize=9)
         labels = [repr(tok)[1:-1] or "(empty)" for tok in frame.tokens]
         bx.barh(range(len(labels))[::-1], frame.probs, color="tab:blue")
@@ -203,8 +218,9 @@ class RotationExplorer:
         self._widgets = {
             "layer": W.SelectionSlider(options=self.layers, value=layer, description="layer"),
             "example": W.IntSlider(value=example, min=0, max=len(self.prompts) - 1, description="example"),
-            "theta": W.FloatSlider(value=theta, min=0.0, max=math.pi, step=math.pi / 48,
-                                   description="theta (rad)", readout_format=".2f"),
+            "theta": W.FloatSlider(
+                value=theta, min=0.0, max=math.pi, step=math.pi / 48, description="theta (rad)", readout_format=".2f"
+            ),
             "image": W.Image(format="png"),
             "readout": W.HTML(),
         }
@@ -230,8 +246,9 @@ class RotationExplorer:
         return frame
 
     # ---------------------------------------------------------------- static player
-    def animation(self, layer: int | None = None, example: int = 0, frames: int = 12,
-                  interval_ms: int = 400) -> FuncAnimation:
+    def animation(
+        self, layer: int | None = None, example: int = 0, frames: int = 12, interval_ms: int = 400
+    ) -> FuncAnimation:
         """A ``FuncAnimation`` sweeping theta from 0 to pi for one layer and example (default: the
         most visible one, ``most_visible``)."""
         if layer is None:
