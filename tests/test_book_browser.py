@@ -128,7 +128,7 @@ def _free_port() -> int:
 
 LIVE_CELLS = [
     "import torch\nfrom hpr import study\nfrom hpr.lm.architectures import fingerprint\n"
-    "from hpr.editor import HPR, EditorSet\nfrom hpr.study.widget import RotationExplorer\n"
+    "from hpr.editor import HPR\nfrom hpr.editor_set import EditorSet\nfrom hpr.study.widget import RotationExplorer\n"
     "model, tok = study.get_model('tiny-random')\ntorch.manual_seed(0)\n"
     "editors = EditorSet({1: HPR(64), 2: HPR(64)}, fingerprint(model, 'tiny-random'), [1, 2])\n"
     "explorer = RotationExplorer(model, tok, editors, ['Q: Is the sky blue?\\nA:', 'Q: 2+2?\\nA:'])\n"

@@ -15,12 +15,11 @@ from hpr.editor_set import EditorSet
 from hpr.errors import EditorError, ParameterError
 from hpr.lm.architectures import fingerprint
 from hpr.methods import load_method
-from hpr.methods.diff import (
-    Diff,
+from hpr.methods.diff import Diff, fit_diff
+from hpr.methods.diff_nets import (
     StackedMLP,
     diff_net,
     diff_widths,
-    fit_diff,
     train_stacked,
     training_rows,
     val_cosine,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpr.data import datasets as data
-from hpr.data import sources
+from hpr.data import sources, toxigen
 from hpr.editor import HPR
 from hpr.editor_set import EditorSet, read_config
 from hpr.errors import DataError, EditorError
@@ -122,7 +122,7 @@ def test_fuzz_seeds_are_valid() -> None:
         got = _in_tmp(name, json.dumps(obj).encode(), parse)
         assert len(got.items) == 2, name
     assert len(_in_tmp("TruthfulQA.csv", CSV.encode(), sources.parse_truthfulqa_csv).items) == 2
-    assert len(_in_tmp("p/neutral_x_1k.txt", TOXIGEN.encode(), lambda p: sources.parse_toxigen(p.parent)).items) == 3
+    assert len(_in_tmp("p/neutral_x_1k.txt", TOXIGEN.encode(), lambda p: toxigen.parse_toxigen(p.parent)).items) == 3
 
 
 @SETTINGS

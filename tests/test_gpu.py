@@ -27,7 +27,8 @@ from hpr.lm.architectures import decoder_layers, fingerprint
 from hpr.lm.capture import run_capture
 from hpr.lm.kv import cache_arg
 from hpr.lm.tiny import byte_tokenizer, tiny_llama
-from hpr.methods.diff import Diff, diff_net
+from hpr.methods.diff import Diff
+from hpr.methods.diff_nets import diff_net
 from hpr.methods.iti import ITI
 from hpr.methods.lora import fit_lora
 from hpr.train import train

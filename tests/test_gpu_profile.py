@@ -13,7 +13,6 @@ import pytest
 from notebook_helpers import REPO
 
 from hpr.data import bigbench
-from hpr.data import datasets as data
 from hpr.evaluation import read_results
 from hpr.study.profiles import profile_parameters
 from hpr.study.runner import run_study
@@ -56,7 +55,7 @@ def write_mirror(root: Path) -> Path:
             root / f"hails/bigbench/bbq_lite_json_zero_shot/{split}.jsonl",
             [
                 _bb(i, f"{sub}: who did it?", ["the man", "the woman", "Unknown"], 2 if sub.endswith("_ambig") else 0)
-                for sub in data.BBQ_SUBTASKS
+                for sub in bigbench.BBQ_SUBTASKS
                 for i in range(n)
             ],
         )

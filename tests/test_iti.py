@@ -11,7 +11,8 @@ import torch
 import hpr.methods.iti as iti_mod
 from hpr.data.records import Record
 from hpr.errors import EditorError
-from hpr.methods.iti import ITI, default_k, fit_iti, head_dim, mass_mean_directions, qa_examples
+from hpr.methods.iti import ITI, default_k, fit_iti
+from hpr.methods.iti_heads import head_dim, mass_mean_directions, qa_examples
 from tests.conftest import tiny_llama
 
 

@@ -182,7 +182,7 @@ def test_iti_and_norms_on_smollm2(tmp_path):
     """End to end on the embedded SmolLM2 (GQA: 9 query heads of width 64, 3 KV heads)."""
     from hpr.evaluation.norms import norm_divergence
     from hpr.lm.models import load_model
-    from hpr.methods.iti import head_dim
+    from hpr.methods.iti_heads import head_dim
 
     model, tok = load_model("smollm2-135m-instruct")
     assert head_dim(model) == 64

@@ -12,7 +12,8 @@ from hpr.errors import ParameterError
 from hpr.evaluation.norms import edited_layers, norm_divergence
 from hpr.lm.architectures import fingerprint
 from hpr.methods import Unedited
-from hpr.methods.diff import Diff, diff_net
+from hpr.methods.diff import Diff
+from hpr.methods.diff_nets import diff_net
 from hpr.methods.iti import ITI
 
 PROMPTS = ["Q: hello\nA: world", "Q: hi\nA: there", "Q: what?\nA: this one"]

@@ -1,6 +1,6 @@
 """Datasets as ``Record`` lists: the record type, loading and splitting (``datasets``), the raw file
-formats (``sources``), the BIG-bench fetcher (``bigbench``), the hub readers (``hub``), and every
-prompt of the study (``prompts``)."""
+formats (``sources``; ToxiGen's in ``toxigen``), the BIG-bench fetcher (``bigbench``), the hub readers
+(``hub``), and every prompt of the study (``prompts``)."""
 
 from hpr.data.datasets import (
     SCHEMES,

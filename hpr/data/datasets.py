@@ -60,12 +60,12 @@ from hpr.data.sources import (
     data_root,
     parse_bigbench_task,
     parse_mc_task,
-    parse_toxigen,
     parse_truthfulqa_csv,
     parse_truthfulqa_questions,
     read_json,
     toxigen_dir,
 )
+from hpr.data.toxigen import parse_toxigen
 from hpr.errors import DataError, ParameterError
 
 SOURCES: tuple[str, ...] = ("bigbench", "hub", "local")

@@ -12,7 +12,8 @@ from typing import Any
 
 from hpr._hub import hub_reachable
 from hpr.data.bigbench import BBQ_SUBTASKS, parse_bigbench_rows
-from hpr.data.sources import Item, Parsed, mc_targets_item, parse_toxigen_rows
+from hpr.data.sources import Item, Parsed, mc_targets_item
+from hpr.data.toxigen import parse_toxigen_rows
 from hpr.errors import DataError
 
 

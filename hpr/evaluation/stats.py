@@ -187,7 +187,7 @@ def compare_methods(
 
 
 def seed_spread(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("mc1", "mc2")) -> Any:
-    """Mean and spread over split seeds of results rows (``hpr.study.store.get_results`` dicts): a pandas
+    """Mean and spread over split seeds of results rows (``hpr.study.results.get_results`` dicts): a pandas
     DataFrame, one row per (model, method) with ``seeds`` (how many), and per metric the mean and
     sample standard deviation (ddof=1; NaN for one seed) in percent and the per-seed values."""
     import pandas as pd

@@ -1,6 +1,6 @@
 """The language model side: loading (``models``), the architecture table (``architectures``),
 editing and recording hooks (``hooks``), KV-cache helpers (``kv``), activation capture
-(``capture``) and the captured activations (``activations``); ``tiny`` builds a tiny random model.
+(``capture``, its forward passes in ``passes``) and the captured activations (``activations``); ``tiny`` builds a tiny random model.
 (The ``capture`` function is ``hpr.lm.capture.capture`` or ``hpr.capture``: a package attribute of
 that name would hide the module.)"""
 

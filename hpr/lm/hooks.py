@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -110,7 +111,7 @@ def record_block_outputs(
 
         return hook
 
-    with _hooked([(lambda b=blocks[i], i=i: b.register_forward_hook(make(i))) for i in lay]):
+    with _hooked([partial(blocks[i].register_forward_hook, make(i)) for i in lay]):
         yield latest
 
 
@@ -133,7 +134,7 @@ def record_attention_inputs(
 
         return hook
 
-    with _hooked([(lambda p=attn_out_proj(model, i), i=i: p.register_forward_pre_hook(make(i))) for i in lay]):
+    with _hooked([partial(attn_out_proj(model, i).register_forward_pre_hook, make(i)) for i in lay]):
         yield latest
 
 

@@ -1,6 +1,6 @@
 """Editing methods: the registry (``REGISTRY``, ``parse_method``, ``load_method``, ``fit_method``),
-the shared protocol and saved-method format (``base``), and the baselines: ITI (``iti``), Diff
-(``diff``) and LoRA (``lora``). HPR itself lives at the top of the package (``hpr.editor``,
+the shared protocol and saved-method format (``base``), and the baselines: ITI (``iti``; head statistics in ``iti_heads``), Diff
+(``diff``; networks and training in ``diff_nets``) and LoRA (``lora``). HPR itself lives at the top of the package (``hpr.editor``,
 ``hpr.train``)."""
 
 from hpr.methods.base import (

@@ -211,7 +211,7 @@ def build_book(
     """Generate the results table, vendor the JS assets and run ``jupyter-book build root -W``.
 
     The results chapter includes ``book/_generated/results.md``, written here from the results
-    files under ``runs_dir`` (relative to ``root``) by ``hpr.study.store.write_results_markdown``; without
+    files under ``runs_dir`` (relative to ``root``) by ``hpr.study.results.write_results_markdown``; without
     results files (a fresh clone) the committed table of the last run is kept. With ``sweep`` (a
     folder ``hpr sweep`` wrote), the chapter shows the sweep's results aggregated over its points
     instead (``hpr.study.sweep.sweep_markdown``).
@@ -221,7 +221,7 @@ def build_book(
     base = Path(root).resolve()
     if not (base / "_config.yml").is_file() or not (base / "_toc.yml").is_file():
         raise BookError(f"{base} has no _config.yml/_toc.yml; run `hpr book` from the repository root")
-    from hpr.study.store import collect_results, write_results_markdown
+    from hpr.study.results import collect_results, write_results_markdown
 
     runs = Path(runs_dir) if Path(runs_dir).is_absolute() else base / runs_dir
     table = base / "book" / "_generated" / "results.md"

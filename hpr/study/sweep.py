@@ -169,13 +169,18 @@ def run_point(point: Point) -> dict[str, Any]:
     log_path = folder / "run.log"
     try:
         with log_path.open("a", encoding="utf-8") as log:
+
+            def write_log(message: str) -> None:
+                log.write(message + "\n")
+                log.flush()
+
             results = run_study(
                 point.profile,
                 point.parameters,
                 only=list(point.only) or None,
                 root=point.root,
                 output_dir=str(folder / "notebooks"),
-                log=lambda m: (log.write(m + "\n"), log.flush()),
+                log=write_log,
             )
     except Exception as exc:  # noqa: BLE001 - a point's failure is recorded, the sweep goes on
         status = {
@@ -306,9 +311,9 @@ def status_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def sweep_rows(folder: str | Path) -> list[dict[str, Any]]:
-    """Every results row of every point of the sweep (``hpr.study.store.collect_results``), each with
+    """Every results row of every point of the sweep (``hpr.study.results.collect_results``), each with
     the point's key and grid values added (``sweep_point``, ``sweep_values``)."""
-    from hpr.study.store import collect_results
+    from hpr.study.results import collect_results
 
     rows = []
     for d in sorted(p for p in Path(folder).iterdir() if (p / POINT_FILE).is_file()):
@@ -324,7 +329,7 @@ def sweep_markdown(folder: str | Path) -> str:
     standard deviation over them (percent). Generated from the points' results files."""
     import math
 
-    from hpr.study.tables import DATASET_LABELS, markdown_table, method_label, model_label
+    from hpr.study.labels import DATASET_LABELS, markdown_table, method_label, model_label
 
     rows = [r for r in sweep_rows(folder) if not r.get("tag")]
     if not rows:

@@ -19,104 +19,27 @@ from typing import Any
 
 from hpr.study import paper
 from hpr.study.claims import claim_beats_all, claim_greater, claim_similar
+from hpr.study.labels import (
+    BASELINES,
+    DATASET_LABELS,
+    EXTRA_ORDER,
+    FLIP_COLUMNS,
+    FLIP_HEADERS,
+    MISSING,
+    MODEL_LABELS,
+    NO_RESULTS,
+    TRANSFER,
+    Cell,
+    Flips,
+    as_number,
+    flip_label,
+    fmt_cell,
+    markdown_table,
+    method_label,
+    metric_cell,
+    model_label,
+)
 from hpr.study.paper import PAPER_MODELS, TABLE3_MODEL, paper_cell
-
-#: A number in percent and its standard error in percent (None when unknown).
-Cell = tuple[float, float | None]
-Flips = Mapping[str, Mapping[str, Mapping[str, float]]]
-
-MISSING = "—"
-NO_RESULTS = (
-    "*No results yet: run `make book` (or `hpr run`) to produce them; these tables are generated "
-    "from the results files.*\n"
-)
-MODEL_LABELS: dict[str, str] = {
-    "smollm2-135m-instruct": "SmolLM2-135M-Instruct",
-    "gemma3-270m": "Gemma-3-270M",
-    "tiny-random": "tiny random Llama",
-}
-METHOD_LABELS: dict[str, str] = {
-    "base": "Base",
-    "lora": "LoRA",
-    "diff": "Diff",
-    "iti": "ITI",
-    "hpr": "HPR",
-    "hpr-noangle": "-AnglePred",
-    "diff-mse": "Diff (MSE design)",
-    "hpr-unit": "HPR (unit variant)",
-}
-DATASET_LABELS: dict[str, str] = {"truthfulqa": "TruthfulQA", "bbq": "BBQ", "seq": "SEQ", "toxigen": "ToxiGen"}
-#: The baselines HPR is claimed to beat in Table 1.
-BASELINES: tuple[str, ...] = ("base", "lora", "diff", "iti")
-#: Our methods beyond the paper's Table 1, in the order they follow its rows (others after, as found).
-EXTRA_ORDER: tuple[str, ...] = ("diff-mse", "iti-200", "iti-k48", "hpr-unit")
-TRANSFER = "transfer"
-_ITI = re.compile(r"^iti(?:-(\d+(?:\.\d+)?))?(?:-k(\d+))?$")
-_FLIP_COLUMNS = ("false_to_true", "true_to_false", "remains_true", "remains_false", "overall_acc", "shift_rate")
-_FLIP_HEADERS = (
-    "False→True",
-    "True→False",
-    "Remains true",
-    "Remains false",
-    "Overall accuracy",
-    "Behaviour shift rate",
-)
-
-
-# ------------------------------------------------------------------ labels and cells
-def model_label(name: str) -> str:
-    """A display name for one of our models (the name itself when unknown)."""
-    return MODEL_LABELS.get(name, name)
-
-
-def method_label(name: str) -> str:
-    """A display name for a method: Table 1's row names, ``iti-200`` -> ``ITI (α = 200)``, ``iti-k48``
-    -> ``ITI (K = 48 heads)``; the name itself when unknown."""
-    if name in METHOD_LABELS:
-        return METHOD_LABELS[name]
-    m = _ITI.match(name)
-    if m:
-        parts = ([f"α = {m[1]}"] if m[1] else []) + ([f"K = {m[2]} heads"] if m[2] else [])
-        return f"ITI ({', '.join(parts)})"
-    return name
-
-
-def flip_label(name: str) -> str:
-    """Table 3's name of a method: ``iti`` -> ``ITI-15``, ``iti-200-k48`` -> ``ITI-200 (K = 48 heads)``."""
-    m = _ITI.match(name)
-    if not m:
-        return method_label(name)
-    return f"ITI-{m[1] or '15'}" + (f" (K = {m[2]} heads)" if m[2] else "")
-
-
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
-def metric_cell(metric: Mapping[str, Any] | None) -> Cell | None:
-    """``{"value": 0.47, "stderr": 0.041}`` (fractions) -> ``(47.0, 4.1)`` (percent)."""
-    if not isinstance(metric, Mapping) or _num(metric.get("value")) is None:
-        return None
-    se = _num(metric.get("stderr"))
-    return 100.0 * float(metric["value"]), None if se is None else 100.0 * se
-
-
-def fmt_cell(cell: Cell | None) -> str:
-    """``"47.0 ± 4.1"``, ``"47.0"`` without a standard error, ``MISSING`` without a value."""
-    if cell is None:
-        return MISSING
-    return f"{cell[0]:.1f}" if cell[1] is None else f"{cell[0]:.1f} ± {cell[1]:.1f}"
-
-
-def markdown_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
-    """A GitHub/MyST Markdown table (first column left-aligned, the rest right-aligned)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ selecting rows
@@ -306,11 +229,11 @@ def table2_claims(rows: Sequence[Mapping[str, Any]], models: Sequence[str]) -> s
 def flip_cells(flips: Mapping[str, float]) -> dict[str, Cell]:
     """Table 3's columns from a ``flip_rates`` dict (``overall_acc`` or its ``accuracy_after``), each with
     the binomial standard error ``sqrt(p (100 - p) / (n - 1))`` when ``n`` is known."""
-    vals = {k: _num(flips.get(k)) for k in _FLIP_COLUMNS[:4]}
-    vals["overall_acc"] = _num(flips.get("overall_acc", flips.get("accuracy_after")))
+    vals = {k: as_number(flips.get(k)) for k in FLIP_COLUMNS[:4]}
+    vals["overall_acc"] = as_number(flips.get("overall_acc", flips.get("accuracy_after")))
     if vals["false_to_true"] is not None and vals["true_to_false"] is not None:
         vals["shift_rate"] = paper.behaviour_shift_rate(vals)  # type: ignore[arg-type]
-    n = _num(flips.get("n"))
+    n = as_number(flips.get("n"))
 
     def se(p: float) -> float | None:
         return math.sqrt(max(p * (100.0 - p), 0.0) / (n - 1)) if n and n > 1 else None
@@ -320,7 +243,7 @@ def flip_cells(flips: Mapping[str, float]) -> dict[str, Cell]:
 
 def _base_flips(methods: Mapping[str, Mapping[str, float]]) -> dict[str, float] | None:
     for f in methods.values():
-        if _num(f.get("accuracy_before")) is not None:
+        if as_number(f.get("accuracy_before")) is not None:
             acc = float(f["accuracy_before"])
             return {"remains_true": acc, "remains_false": 100.0 - acc, "overall_acc": acc, "n": f.get("n", 0)}
     return None
@@ -349,10 +272,10 @@ def table3(flips: Flips) -> str:
         for label, f in entries:
             if f is not None:
                 cells = flip_cells(f)
-                body.append([model_label(model), label] + [fmt_cell(cells.get(k)) for k in _FLIP_COLUMNS])
+                body.append([model_label(model), label] + [fmt_cell(cells.get(k)) for k in FLIP_COLUMNS])
     for method, label in (("base", "Base"), ("iti-15", "ITI-15"), ("iti-200", "ITI-200"), ("hpr", "HPR")):
-        body.append([f"{TABLE3_MODEL} (paper)", label] + [_paper_flip_cell(method, k) for k in _FLIP_COLUMNS])
-    return markdown_table(["Model", "Method", *_FLIP_HEADERS], body)
+        body.append([f"{TABLE3_MODEL} (paper)", label] + [_paper_flip_cell(method, k) for k in FLIP_COLUMNS])
+    return markdown_table(["Model", "Method", *FLIP_HEADERS], body)
 
 
 def table3_claims(flips: Flips) -> str:
@@ -375,7 +298,7 @@ def table3_claims(flips: Flips) -> str:
 
 
 def _flip_scope(model: str, methods: Mapping[str, Mapping[str, float]], rows: Sequence[Mapping[str, Any]]) -> str:
-    ns = list(dict.fromkeys(str(int(f["n"])) for f in methods.values() if _num(f.get("n")) is not None))
+    ns = list(dict.fromkeys(str(int(f["n"])) for f in methods.values() if as_number(f.get("n")) is not None))
     sub = [r for r in rows if r.get("model") == model and r.get("dataset") == "truthfulqa"]
     scope = _scope(sub) if sub else "test split"
     if ns:
@@ -424,22 +347,12 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], flips: Flips) -> str:
 
 
 __all__ = [
-    "METHOD_LABELS",
-    "MISSING",
-    "MODEL_LABELS",
-    "NO_RESULTS",
     "claim_beats_all",
     "claim_greater",
     "claim_similar",
     "find_cell",
     "flip_cells",
-    "flip_label",
-    "fmt_cell",
     "main_rows",
-    "markdown_table",
-    "method_label",
-    "metric_cell",
-    "model_label",
     "our_models",
     "results_markdown",
     "table1",
