@@ -86,3 +86,23 @@ def test_any_lm_eval_task_on_smollm2_with_hpr(tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_study_side_effect_task_is_cached_and_kept_out_of_the_tables(tmp_path: Path) -> None:
+    """``study.get_task_results`` (notebook 7's side-effect section): an lm-eval task on the tiny
+    model, written once under the run folder and read back, tagged so the paper's tables skip it."""
+    pytest.importorskip("lm_eval")
+    from hpr import study
+    from hpr.study.tables import main_rows
+
+    study.configure()
+    task = write_task(tmp_path / "task")
+    out = tmp_path / "runs"
+    row = study.get_task_results("tiny-random", "base", str(task), out_dir=out, limit=4)
+    assert row["method"] == "base" and row["tag"] == "lmeval" and row["metrics"]["acc"]["n"] == 4
+    assert 0.0 <= row["metrics"]["acc"]["value"] <= 1.0
+    results = Path(row["path"]) / "results.json"
+    stamp = results.stat().st_mtime_ns
+    again = study.get_task_results("tiny-random", "base", str(task), out_dir=out, limit=4)
+    assert again["metrics"] == row["metrics"] and results.stat().st_mtime_ns == stamp  # reused, not re-run
+    assert main_rows([row]) == [] and study.collect_results(out) and main_rows(study.collect_results(out)) == []

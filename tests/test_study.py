@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpr.study import store as study
+from hpr import study
 
 
 def test_results_path_changes_with_every_parameter(tmp_path):

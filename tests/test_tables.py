@@ -230,10 +230,10 @@ def test_empty_input_says_how_to_fill_it() -> None:
 
 def test_imports_no_torch() -> None:
     # the package's __init__ files import heavier parts, so check the modules' own imports: the standard
-    # library and hpr's paper, claims and errors only
-    from hpr.study import claims
+    # library and hpr's paper, claims, labels and errors only
+    from hpr.study import claims, labels
 
-    for mod in (tables, paper, claims):
+    for mod in (tables, paper, claims, labels):
         tree = ast.parse(Path(mod.__file__).read_text(encoding="utf-8"))
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {f"{'.' * n.level}{n.module or ''}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -251,5 +251,6 @@ def test_imports_no_torch() -> None:
             "hpr.study",
             "hpr.study.paper",
             "hpr.study.claims",
+            "hpr.study.labels",
             "hpr.errors",
         }, names

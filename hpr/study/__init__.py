@@ -7,6 +7,7 @@ layout (``tables``, with their ``labels`` and ``claims``)."""
 from hpr.study.results import (
     collect_results,
     get_results,
+    get_task_results,
     predictions,
     results_markdown,
     results_path,
@@ -47,6 +48,7 @@ __all__ = [
     "get_model",
     "get_records",
     "get_results",
+    "get_task_results",
     "method_dir",
     "predictions",
     "results_markdown",

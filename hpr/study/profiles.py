@@ -109,6 +109,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "seed_models": ["meta-llama/Llama-2-7b-chat-hf"],
         "layer_sweep_models": ["meta-llama/Llama-2-7b-chat-hf"],
+        "side_effect_tasks": ["hellaswag", "mmlu"],  # notebook 7: what the edit costs on general benchmarks
         "source": "hub",
         "add_bos": False,  # the authors' choice
     },
@@ -221,6 +222,8 @@ _LISTS: dict[str, type] = {
     "seed_methods": str,
     "layer_sweep_methods": str,
     "flip_methods": str,
+    "side_effect_tasks": str,
+    "side_effect_methods": str,
 }
 #: Smallest item of an integer list parameter (default 1).
 _LIST_MIN: dict[str, int] = {"seeds": 0}

@@ -96,6 +96,41 @@ def get_results(
     return read_results(path)
 
 
+def get_task_results(
+    model_name: str,
+    method: str,
+    task: str,
+    dataset: str = "truthfulqa",
+    data_dir: str | None = None,
+    seed: int = 0,
+    out_dir: str | Path = "runs/book",
+    k: int = 5,
+    limit: int | None = None,
+    train_cap: int | None = None,
+    num_fewshot: int | None = None,
+) -> dict[str, Any]:
+    """An lm-eval ``task`` (a registry name such as ``hellaswag``, or a task YAML's path) scored on
+    ``model_name`` edited by ``method`` trained on ``dataset``: what an edit costs elsewhere. A flat
+    row (``hpr.evaluation.read_results``) with lm-eval's metrics, cached under
+    ``<run dir>/results/lmeval-<task>/`` like ``get_results``; needs the ``eval`` extra (and the hub
+    for registry tasks)."""
+    from hpr._files import slug
+    from hpr.evaluation.evaluate import evaluate_task, load_results, read_results
+    from hpr.methods import parse_method
+
+    spec = parse_method(method)
+    name = f"{spec.name}{f'-limit{limit}' if limit else ''}-fewshot{num_fewshot}-"
+    name += variant(data_dir, train_cap, k=k if spec.uses_k else None)
+    path = run_dir(out_dir, model_name, dataset, seed) / "results" / f"lmeval-{slug(Path(task).stem)}" / name
+    if load_results(path) is not None:
+        return read_results(path)
+    model, tok = get_model(model_name)
+    obj = get_method(model_name, spec.name, dataset, data_dir, seed, out_dir, k, train_cap)
+    config = {"model": model_name, "method": spec.name, "tag": "lmeval", "train_dataset": dataset, "seed": seed, "k": k}
+    evaluate_task(model, tok, task, path, method=obj, limit=limit, config=config, num_fewshot=num_fewshot)
+    return read_results(path)
+
+
 def predictions(result: Path | str | dict[str, Any]) -> list[dict[str, Any]]:
     """The per-example predictions of a results row (``get_results``' dict) or results folder."""
     from hpr.evaluation.evaluate import load_predictions
@@ -150,6 +185,7 @@ def write_results_markdown(out_dir: str | Path = "runs/book", dest: str | Path =
 
 
 __all__ = [
+    "get_task_results",
     "collect_results",
     "get_results",
     "predictions",
