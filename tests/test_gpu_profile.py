@@ -11,10 +11,11 @@ from typing import Any
 import nbformat
 import pytest
 from notebook_helpers import REPO
+from test_lmeval_task import write_task
 
 from hpr.data import bigbench
 from hpr.evaluation import read_results
-from hpr.study.profiles import profile_parameters
+from hpr.study.profiles import PROFILES, profile_parameters
 from hpr.study.runner import run_study
 
 pytestmark = pytest.mark.slow  # seven kernels on the tiny model
@@ -78,6 +79,12 @@ def write_mirror(root: Path) -> Path:
     return root
 
 
+def _has_lm_eval() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lm_eval") is not None
+
+
 def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "study"
     shutil.copytree(REPO / "notebooks", root / "notebooks")
@@ -102,6 +109,9 @@ def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest
         "seeds": [0, 1],
         "seed_methods": ["base", "hpr"],
         "layer_sweep_methods": ["hpr"],
+        # the profile's hellaswag and mmlu need the hub; a local task in lm-eval's format stands in
+        "side_effect_tasks": [str(write_task(tmp_path / "task"))] if _has_lm_eval() else [],
+        "side_effect_limit": 2,
     }
     params = profile_parameters("gpu", over)
     assert params["source"] == "hub" and params["add_bos"] is False and params["device"] == "auto"
@@ -110,10 +120,14 @@ def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest
         (r.name, r.status, r.cell, r.error) for r in results
     ]
     assert len(results) == 7  # the gpu profile runs the extended notebook too
+    assert PROFILES["gpu"]["side_effect_tasks"] == ["hellaswag", "mmlu"]  # what a GPU user runs
     rec = nbformat.read(root / "book/notebooks/04_benchmarks.ipynb", as_version=4).metadata["hpr"]
     assert rec["parameters"]["source"] == "hub" and rec["parameters"]["add_bos"] is False
     files = sorted((root / "runs" / "book").glob("tiny-random/*/seed0/results/*/*/results.json"))
     rows = [read_results(f.parent) for f in files]
+    side = [r for r in rows if r.get("tag") == "lmeval"]  # notebook 7's side-effect task, base and hpr
+    assert (len(side) == 2) == _has_lm_eval(), [r.get("method") for r in side]
+    rows = [r for r in rows if r.get("tag") != "lmeval"]
     got = {(r["train_dataset"], r["dataset"]) for r in rows}
     assert {
         ("truthfulqa", "truthfulqa"),
