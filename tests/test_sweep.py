@@ -4,9 +4,12 @@ a killed point that resumes, ``--status`` from the files on disk, and the aggreg
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,7 +76,8 @@ def test_sweep_file(tmp_path: Path) -> None:
 def test_submitit_grid_failure_resume_status_and_tables(
     study_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("submitit")
+    if importlib.util.find_spec("submitit") is None:  # not importorskip: see sweep.import_submitit
+        pytest.skip("submitit is not installed")
     folder = tmp_path / "sweep"
     # 2 x 2: two seeds x two k; one more point with a model that does not exist fails on its own
     s = spec(study_root, "submitit-local", {"seed": [0, 1], "k": [1, 2]})
@@ -115,3 +119,30 @@ def test_local_executor_runs_points_in_order(study_root: Path, tmp_path: Path) -
     assert [m.split(": ")[1] for m in logs if m.endswith(": running")] == ["running", "running"]
     rerun = sweep.run_sweep(spec(study_root, "local", {"seed": [0, 1]}), tmp_path / "sw", study_root, log=logs.append)
     assert [r["state"] for r in rerun] == ["done", "done"] and "2 done, 0 to run" in logs[-1]
+
+
+_PROBE = """
+import logging, sys, tempfile
+stream = tempfile.TemporaryFile("w")
+handler = logging.StreamHandler(stream)
+handler.close = lambda: handler.stream.close()  # a handler whose close() closes its stream (as absl's)
+logging.getLogger("probe").addHandler(handler)
+if sys.argv[1] == "hpr":
+    from hpr.study.sweep import import_submitit
+    import_submitit()
+else:
+    import submitit
+import os
+print(stream.closed, "SUBMITIT_LOG_LEVEL" in os.environ)
+"""
+
+
+@pytest.mark.parametrize(("how", "closed"), [("hpr", "False"), ("plain", "True")])
+def test_importing_submitit_leaves_the_logging_handlers_open(how: str, closed: str) -> None:
+    """submitit's import runs logging.config.dictConfig, which closes every existing handler: under
+    pytest's capsys, absl's handler then closed pytest's own capture file (the run died). Imported
+    through ``sweep.import_submitit``, the handlers stay open and the environment is restored."""
+    if importlib.util.find_spec("submitit") is None:
+        pytest.skip("submitit is not installed")
+    out = subprocess.run([sys.executable, "-c", _PROBE, how], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [closed, "False"]

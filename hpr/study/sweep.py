@@ -250,8 +250,22 @@ def sweep_status(folder: str | Path, points: Sequence[Point] | None = None) -> l
     return [read_status(d) for d in dirs]
 
 
+def import_submitit() -> Any:
+    """Import ``submitit`` without letting it reconfigure this process's logging: at import it runs
+    ``logging.config.dictConfig``, which closes every handler that exists (in a notebook or a test
+    run, a handler holding ``sys.stderr`` then closes that stream). ``SUBMITIT_LOG_LEVEL=NOCONFIG``
+    is set for the import only, so job processes still configure submitit's own log lines."""
+    before = os.environ.get("SUBMITIT_LOG_LEVEL")
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
+    try:
+        return require("submitit", "cluster", "the slurm and submitit-local executors")
+    finally:
+        if before is None:
+            os.environ.pop("SUBMITIT_LOG_LEVEL", None)
+
+
 def _executor(kind: str, folder: Path, slurm: Mapping[str, Any]) -> Any:
-    submitit = require("submitit", "cluster", "the slurm and submitit-local executors")
+    submitit = import_submitit()
     logs = folder / "jobs"
     if kind == "slurm":
         ex = submitit.SlurmExecutor(folder=logs)
