@@ -77,7 +77,8 @@ def register(sub: Any) -> None:
         "--sweep",
         default=None,
         metavar="DIR",
-        help="show the results of this sweep folder (hpr sweep), aggregated over its runs",
+        help="show the results of this sweep folder (hpr sweep), aggregated over its runs, in the built "
+        "book (the results table on disk is put back afterwards)",
     )
     book.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
     book.set_defaults(func=_book)

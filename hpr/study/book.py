@@ -214,7 +214,7 @@ def build_book(
     files under ``runs_dir`` (relative to ``root``) by ``hpr.study.results.write_results_markdown``; without
     results files (a fresh clone) the committed table of the last run is kept. With ``sweep`` (a
     folder ``hpr sweep`` wrote), the chapter shows the sweep's results aggregated over its points
-    instead (``hpr.study.sweep.sweep_markdown``).
+    instead (``hpr.study.sweep.sweep_markdown``), and the results table on disk is restored afterwards.
 
     Raises ``BookError`` when the build fails or a page still loads something remotely.
     """
@@ -225,16 +225,30 @@ def build_book(
 
     runs = Path(runs_dir) if Path(runs_dir).is_absolute() else base / runs_dir
     table = base / "book" / "_generated" / "results.md"
-    if sweep is not None:
-        from hpr import _files
-        from hpr.study.sweep import sweep_markdown
+    if sweep is None:
+        if collect_results(runs) or not table.is_file():  # keep the committed table when there is no run here
+            write_results_markdown(runs, table)
+        return _build(base, strict, cache)
+    from hpr.study.sweep import sweep_markdown
 
-        where = Path(sweep) if Path(sweep).is_absolute() else base / sweep
-        if not where.is_dir():
-            raise BookError(f"{where} is not a sweep folder; run `hpr sweep --folder {sweep} ...` first")
-        _files.write_text(table, sweep_markdown(where))
-    elif collect_results(runs) or not table.is_file():  # keep the committed table when there is no run here
-        write_results_markdown(runs, table)
+    where = Path(sweep) if Path(sweep).is_absolute() else base / sweep
+    if not where.is_dir():
+        raise BookError(f"{where} is not a sweep folder; run `hpr sweep --folder {sweep} ...` first")
+    # The sweep's table stands in for the study's only while the book builds: the committed
+    # results.md (the main study's table) is put back afterwards, even when the build fails.
+    kept = table.read_text(encoding="utf-8") if table.is_file() else None
+    _files.write_text(table, sweep_markdown(where))
+    try:
+        return _build(base, strict, cache)
+    finally:
+        if kept is None:
+            table.unlink(missing_ok=True)
+        else:
+            _files.write_text(table, kept)
+
+
+def _build(base: Path, strict: bool, cache: Path | None) -> BuildResult:
+    """Vendor the JS assets, run ``jupyter-book build base`` and check the HTML renders offline."""
     vendor_assets(base / VENDOR_DIR, cache)
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(base)]
