@@ -9,7 +9,7 @@ import pytest
 
 from hpr.data.records import Record
 from hpr.errors import DataError
-from hpr.evaluation.metrics import argmax, flip_rates, mc2_score, mean_stderr, predict, summarize
+from hpr.evaluation.metrics import argmax, flip_rates, loglik_shift, mc2_score, mean_stderr, predict, summarize
 
 
 def test_mc2_score_known_values() -> None:
@@ -18,6 +18,38 @@ def test_mc2_score_known_values() -> None:
     assert mc2_score([0.0, 0.0], [1]) == pytest.approx(0.5)
     # only relative probabilities matter
     assert mc2_score([x - 7 for x in ll], [2]) == pytest.approx(0.5)
+
+
+def _lmeval_mc2(ll: list[float], n_true: int) -> float:
+    """lm-eval 0.4's ``process_results_mc2`` formula (true answers first), written out."""
+    p_true, p_false = np.exp(np.array(ll[:n_true])), np.exp(np.array(ll[n_true:]))
+    p_true = p_true / (sum(p_true) + sum(p_false))
+    return float(sum(p_true))
+
+
+def test_mc2_score_survives_underflow() -> None:
+    # every choice below exp's range (about -745 nats): exp gives 0 and lm-eval's formula 0/0
+    ll = [-900.0 + math.log(0.2), -900.0 + math.log(0.3), -900.0 + math.log(0.5)]
+    with np.errstate(invalid="ignore"):
+        assert math.isnan(_lmeval_mc2(ll, 2))
+    assert mc2_score(ll, [0, 1]) == pytest.approx(0.5)
+    # subnormal range (-745..-708): digits are lost without the shift
+    assert mc2_score([-730.0, -730.0 + math.log(3.0)], [1]) == pytest.approx(0.75, rel=1e-12)
+    # one choice far below the others contributes nothing, as in exact arithmetic
+    assert mc2_score([-2000.0, -10.0], [1]) == 1.0
+    assert mc2_score([-math.inf, -1000.0], [1]) == 1.0
+    assert math.isnan(mc2_score([-math.inf, -math.inf], [1]))
+
+
+def test_mc2_score_is_lmeval_formula_in_range() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 9))
+        n_true = int(rng.integers(1, n))
+        ll = list(rng.uniform(-700.0, 0.0, size=n) if rng.random() < 0.5 else rng.normal(-30.0, 20.0, size=n))
+        if np.exp(np.array(ll)).sum() < np.finfo(np.float64).tiny:
+            continue
+        assert mc2_score(ll, list(range(n_true))) == pytest.approx(_lmeval_mc2(ll, n_true), rel=1e-15, abs=0)
 
 
 def test_mean_stderr_is_sample_std_over_sqrt_n() -> None:
@@ -102,3 +134,17 @@ def test_flip_rates_bad_input() -> None:
         flip_rates(a + a, a + a)
     with pytest.raises(DataError):
         flip_rates([], [])
+
+
+def test_loglik_shift_pairs_choices_by_id() -> None:
+    before = [{"id": "a", "logliks": [-1.0, -2.0]}, {"id": "b", "logliks": [-3.0, -4.0, -5.0]}]
+    after = [{"id": "b", "logliks": [-13.0, -4.0, -5.0]}, {"id": "a", "logliks": [-2.0, -2.0]}]
+    s = loglik_shift(before, after)
+    # per-choice changes: a: -1, 0; b: -10, 0, 0
+    assert s["median_shift"] == 0.0 and s["p10_shift"] == pytest.approx(np.percentile([-1, 0, -10, 0, 0], 10))
+    assert s["median_before"] == -3.0 and s["median_after"] == -4.0
+    assert s["choices"] == 5 and s["n"] == 2
+    with pytest.raises(DataError, match="different number of choices"):
+        loglik_shift(before, [{"id": "a", "logliks": [-1.0]}, after[0]])
+    with pytest.raises(DataError, match="different examples"):
+        loglik_shift(before, after[:1])

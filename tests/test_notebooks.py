@@ -65,8 +65,10 @@ def test_tables_and_artifacts(study: tuple[Path, list[Any]]) -> None:
     assert "| -AnglePred |" in text and "| Diff (MSE design) |" in text and "| LoRA |" in text
     assert "tiny random Llama BBQ" in text and "HPR (TruthfulQA editors, transfer)" in text
     assert "p_value" in text and "verdict" in text
+    assert "| Method | tiny random Llama median log-lik |" in text and "edits make the median choice" in text
     extended = _text(root / "book/notebooks/07_extended.ipynb")
     assert "| HPR (unit variant) |" in extended and "| ITI (K = 2 heads) |" in extended  # Table 1, every method
+    assert "tiny random Llama median change" in extended  # the likelihood cost beside Table 1
     assert "mc1 per seed" in extended and "Seeds: [0, 1]." in extended  # the seed-spread table
     assert "probe val accuracy (%)" in extended and "layers above base (MC1)" in extended  # the layer sweep
     assert "share_pred_below_0.01" in extended and "mean_share" in extended  # angle fit, plane assumption

@@ -223,6 +223,54 @@ def test_results_markdown(rows: list[dict[str, Any]], flips: dict[str, dict[str,
     assert "not transcribed" not in md
 
 
+def loglik_preds(logliks: list[list[float]]) -> list[dict[str, Any]]:
+    return [{"id": str(i), "correct": False, "logliks": ll} for i, ll in enumerate(logliks)]
+
+
+@pytest.fixture
+def shifts() -> dict[str, dict[str, dict[str, float]]]:
+    """loglik_shift dicts on 3 questions x 2 choices: HPR lowers every choice by 2 nats, ITI-200 by
+    1..51 nats, Diff raises every choice by 0.5."""
+    from hpr.evaluation.metrics import loglik_shift
+
+    base = [[-10.0, -12.0], [-20.0, -8.0], [-15.0, -9.0]]
+    runs = {
+        "hpr": [[x - 2.0 for x in q] for q in base],
+        "iti-200": [[base[i][j] - 1.0 - 10.0 * (2 * i + j) for j in range(2)] for i in range(3)],
+        "diff": [[x + 0.5 for x in q] for q in base],
+    }
+    return {SMOL: {meth: loglik_shift(loglik_preds(base), loglik_preds(r)) for meth, r in runs.items()}}
+
+
+def test_loglik_table_and_claims(shifts: dict[str, dict[str, dict[str, float]]]) -> None:
+    from hpr.study import costs
+
+    md = costs.loglik_table(shifts)
+    body = {r[0]: r[1:] for r in table_rows(md, "Base") + table_rows(md, "Diff") + table_rows(md, "HPR")}
+    # base median of -8, -9, -10, -12, -15, -20 is -11.0
+    assert body["Base"] == ["-11.0", "0.0", "0.0"]
+    assert body["HPR"] == ["-13.0", "-2.0", "-2.0"]
+    assert body["Diff"] == ["-10.5", "0.5", "0.5"]
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert [ln.split("|")[1].strip() for ln in lines[1:]] == ["Base", "Diff", "HPR", "ITI (α = 200)"]
+    text = costs.loglik_claims(shifts)
+    assert "median choice log-likelihood is -11.0 nats" in text
+    assert "smallest cost first: Diff +0.5, HPR -2.0, ITI (α = 200) -26.0" in text
+    # ITI-200's changes: -1, -11, ..., -51; 10th percentile = -46.0
+    assert "2 of 3 edits make the median choice less likely; under ITI (α = 200) a tenth" in text
+    assert "lose more than 46.0 nats" in text
+
+
+def test_results_markdown_shows_the_cost_after_table1(
+    rows: list[dict[str, Any]],
+    flips: dict[str, dict[str, dict[str, float]]],
+    shifts: dict[str, dict[str, dict[str, float]]],
+) -> None:
+    md = tables.results_markdown(rows, flips, shifts)
+    assert md.index("## Table 1") < md.index("costs in likelihood") < md.index("## Table 2")
+    assert "costs in likelihood" not in tables.results_markdown(rows, flips)
+
+
 def test_empty_input_says_how_to_fill_it() -> None:
     assert "run `make book`" in tables.results_markdown([], {})
     assert tables.results_markdown([row(SMOL, "hpr", "truthfulqa", {}, tag="x")], {}) == tables.NO_RESULTS
@@ -231,9 +279,9 @@ def test_empty_input_says_how_to_fill_it() -> None:
 def test_imports_no_torch() -> None:
     # the package's __init__ files import heavier parts, so check the modules' own imports: the standard
     # library and hpr's paper, claims, labels and errors only
-    from hpr.study import claims, labels
+    from hpr.study import claims, costs, labels
 
-    for mod in (tables, paper, claims, labels):
+    for mod in (tables, paper, claims, labels, costs):
         tree = ast.parse(Path(mod.__file__).read_text(encoding="utf-8"))
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {f"{'.' * n.level}{n.module or ''}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -251,6 +299,7 @@ def test_imports_no_torch() -> None:
             "hpr.study",
             "hpr.study.paper",
             "hpr.study.claims",
+            "hpr.study.costs",
             "hpr.study.labels",
             "hpr.errors",
         }, names

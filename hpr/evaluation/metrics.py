@@ -3,7 +3,8 @@
 Conventions follow lm-evaluation-harness: a prediction is the argmax of the per-choice
 log-likelihoods (first index on ties); MC2 is the normalized probability mass on the true
 answers (``exp`` of the summed log-likelihoods); a metric's standard error is the sample
-standard deviation (ddof=1) over examples divided by ``sqrt(n)``.
+standard deviation (ddof=1) over examples divided by ``sqrt(n)``. ``loglik_shift`` is not a paper
+metric: how much an edit lowers every choice's likelihood (its cost in fluency).
 
 A *prediction row* (one JSONL line) is ``{"id", "chosen", "correct", "logliks"}``: ``chosen``
 indexes ``Record.choices``; for TruthfulQA ``chosen``/``correct`` are MC1's (over ``Record.mc1``,
@@ -34,11 +35,21 @@ def argmax(values: Sequence[float]) -> int:
 def mc2_score(logliks: Sequence[float], true_idx: Sequence[int]) -> float:
     """Normalized probability mass on ``true_idx``: ``sum(p[true]) / sum(p)``, ``p = exp(ll)``.
 
-    Computed as lm-eval's ``process_results_mc2`` (``exp`` of the raw log-likelihoods).
+    Computed as lm-eval's ``process_results_mc2`` (``exp`` of the raw log-likelihoods; equal up to
+    summation order) whenever ``sum(p)`` is a normal float. When every choice is so unlikely that ``sum(p)``
+    underflows (all log-likelihoods below about -708 nats; lm-eval then returns NaN from 0/0 or
+    loses digits in subnormals), the same ratio is taken after shifting by the largest
+    log-likelihood. NaN only when a log-likelihood is NaN or every one is ``-inf``.
     """
     ll = np.asarray(logliks, dtype=np.float64)
+    if not np.isfinite(ll).any():
+        return float("nan")
     probs = np.exp(ll)
-    norm = probs / probs.sum()
+    total = probs.sum()
+    if not total >= np.finfo(np.float64).tiny:
+        probs = np.exp(ll - ll[np.isfinite(ll)].max())
+        total = probs.sum()
+    norm = probs / total
     mask = np.zeros(len(ll), dtype=bool)
     mask[list(true_idx)] = True
     return float(norm[mask].sum())
@@ -93,6 +104,22 @@ def summarize(dataset: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict
     return out
 
 
+def _paired(
+    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """Rows of two runs on the same examples, matched by ``id`` (in ``before``'s order)."""
+    a = {r["id"]: r for r in before}
+    b = {r["id"]: r for r in after}
+    if len(a) != len(before) or len(b) != len(after):
+        raise DataError("prediction rows have duplicate ids; each example must appear once per run")
+    if set(a) != set(b):
+        missing = sorted(set(a) ^ set(b))[:5]
+        raise DataError(f"the two runs cover different examples (e.g. {missing}); evaluate the same split")
+    if not a:
+        raise DataError("no examples to compare")
+    return [(r, b[i]) for i, r in a.items()]
+
+
 def flip_rates(
     before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], key: str = "correct"
 ) -> dict[str, float]:
@@ -102,26 +129,47 @@ def flip_rates(
     ``true_to_false``, ``remains_true``, ``remains_false`` (these four sum to 100),
     ``accuracy_before``, ``accuracy_after`` (percent) and ``n``.
     """
-    a = {r["id"]: bool(r[key]) for r in before}
-    b = {r["id"]: bool(r[key]) for r in after}
-    if len(a) != len(before) or len(b) != len(after):
-        raise DataError("prediction rows have duplicate ids; each example must appear once per run")
-    if set(a) != set(b):
-        missing = sorted(set(a) ^ set(b))[:5]
-        raise DataError(f"the two runs cover different examples (e.g. {missing}); evaluate the same split")
-    n = len(a)
-    if n == 0:
-        raise DataError("no examples to compare")
+    pairs = _paired(before, after)
+    n = len(pairs)
     counts = {"false_to_true": 0, "true_to_false": 0, "remains_true": 0, "remains_false": 0}
-    for i, x in a.items():
-        y = b[i]
+    for ra, rb in pairs:
+        x, y = bool(ra[key]), bool(rb[key])
         name = ("remains_true" if y else "true_to_false") if x else ("false_to_true" if y else "remains_false")
         counts[name] += 1
     out: dict[str, float] = {k: 100.0 * v / n for k, v in counts.items()}
-    out["accuracy_before"] = 100.0 * sum(a.values()) / n
-    out["accuracy_after"] = 100.0 * sum(b.values()) / n
+    out["accuracy_before"] = 100.0 * sum(bool(ra[key]) for ra, _ in pairs) / n
+    out["accuracy_after"] = 100.0 * sum(bool(rb[key]) for _, rb in pairs) / n
     out["n"] = n
     return out
 
 
-__all__ = ["argmax", "flip_rates", "mc2_score", "mean_stderr", "predict", "summarize"]
+def loglik_shift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """How an edit moves every choice's log-likelihood (nats, summed over the choice's tokens).
+
+    MC1 and MC2 compare choices with one another, so an edit that makes *every* answer far less
+    likely (a less fluent model) can still raise them; this measures that cost. Rows are matched by
+    ``id`` and choices by index (``logliks`` of the prediction rows). Returns ``median_before`` and
+    ``median_after`` (median per-choice log-likelihood), ``median_shift`` and ``p10_shift`` (median
+    and 10th percentile of ``after - before`` per choice: the typical and the worst-hit tenth),
+    ``choices`` (number of choices) and ``n`` (examples).
+    """
+    pairs = _paired(before, after)
+    la, lb = [], []
+    for ra, rb in pairs:
+        if len(ra["logliks"]) != len(rb["logliks"]):
+            raise DataError(f"example {ra['id']!r} has a different number of choices in the two runs")
+        la.extend(ra["logliks"])
+        lb.extend(rb["logliks"])
+    a, b = np.asarray(la, dtype=np.float64), np.asarray(lb, dtype=np.float64)
+    d = b - a
+    return {
+        "median_before": float(np.median(a)),
+        "median_after": float(np.median(b)),
+        "median_shift": float(np.median(d)),
+        "p10_shift": float(np.percentile(d, 10)),
+        "choices": int(a.size),
+        "n": len(pairs),
+    }
+
+
+__all__ = ["argmax", "flip_rates", "loglik_shift", "mc2_score", "mean_stderr", "predict", "summarize"]

@@ -12,6 +12,7 @@ from hpr.study.results import (
     results_markdown,
     results_path,
     study_flips,
+    study_loglik_shifts,
     write_results_markdown,
 )
 from hpr.study.store import (
@@ -58,6 +59,7 @@ __all__ = [
     "setup",
     "show",
     "study_flips",
+    "study_loglik_shifts",
     "variant",
     "write_results_markdown",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hpr import _files
-from hpr.evaluation.metrics import flip_rates
+from hpr.evaluation.metrics import flip_rates, loglik_shift
 from hpr.study.store import FLIP_METHODS, get_method, get_model, get_records, run_dir, settings, variant
 
 
@@ -151,9 +151,9 @@ def collect_results(out_dir: str | Path = "runs/book") -> list[dict[str, Any]]:
     return rows
 
 
-def study_flips(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Table 3's flip rates per model and method (``FLIP_METHODS`` against base, TruthfulQA MC1),
-    from the predictions next to the main (untagged) results rows."""
+def _against_base(rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(base row, edited row) pairs of the main (untagged) TruthfulQA results rows: same model and
+    seed, editors trained on TruthfulQA."""
     main = [
         r
         for r in rows
@@ -161,12 +161,32 @@ def study_flips(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str,
         and r.get("dataset") == "truthfulqa"
         and r.get("train_dataset", "truthfulqa") == "truthfulqa"
     ]
+    return [
+        (base, r)
+        for base in main
+        if base["method"] == "base"
+        for r in main
+        if r["model"] == base["model"] and r["method"] != "base" and r.get("seed") == base.get("seed")
+    ]
+
+
+def study_flips(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Table 3's flip rates per model and method (``FLIP_METHODS`` against base, TruthfulQA MC1),
+    from the predictions next to the main (untagged) results rows."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for base in (r for r in main if r["method"] == "base"):
-        for r in main:
-            if r["model"] == base["model"] and r["method"] in FLIP_METHODS and r.get("seed") == base.get("seed"):
-                f = flip_rates(predictions(base), predictions(r))
-                out.setdefault(r["model"], {})[r["method"]] = {**f, "overall_acc": f["accuracy_after"]}
+    for base, r in _against_base(rows):
+        if r["method"] in FLIP_METHODS:
+            f = flip_rates(predictions(base), predictions(r))
+            out.setdefault(r["model"], {})[r["method"]] = {**f, "overall_acc": f["accuracy_after"]}
+    return out
+
+
+def study_loglik_shifts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per model and method, how the edit moves every TruthfulQA choice's log-likelihood against
+    base (``hpr.evaluation.metrics.loglik_shift``), from the main results rows' predictions."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for base, r in _against_base(rows):
+        out.setdefault(r["model"], {})[r["method"]] = loglik_shift(predictions(base), predictions(r))
     return out
 
 
@@ -175,7 +195,7 @@ def results_markdown(out_dir: str | Path = "runs/book") -> str:
     from hpr.study.tables import results_markdown as tables_markdown
 
     rows = [r for r in collect_results(out_dir) if not r.get("tag")]
-    return tables_markdown(rows, study_flips(rows))
+    return tables_markdown(rows, study_flips(rows), study_loglik_shifts(rows))
 
 
 def write_results_markdown(out_dir: str | Path = "runs/book", dest: str | Path = "book/_generated/results.md") -> Path:
@@ -192,5 +212,6 @@ __all__ = [
     "results_markdown",
     "results_path",
     "study_flips",
+    "study_loglik_shifts",
     "write_results_markdown",
 ]

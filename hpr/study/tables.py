@@ -19,6 +19,7 @@ from typing import Any
 
 from hpr.study import paper
 from hpr.study.claims import claim_beats_all, claim_greater, claim_similar
+from hpr.study.costs import loglik_claims, loglik_table
 from hpr.study.labels import (
     BASELINES,
     DATASET_LABELS,
@@ -308,11 +309,28 @@ def _flip_scope(model: str, methods: Mapping[str, Mapping[str, float]], rows: Se
 
 
 # ------------------------------------------------------------------ the chapter
-def results_markdown(rows: Sequence[Mapping[str, Any]], flips: Flips) -> str:
+def _cost_section(shifts: Flips | None) -> list[str]:
+    shifts = {m: s for m, s in (shifts or {}).items() if s}
+    if not shifts:
+        return []
+    return [
+        "### What each edit costs in likelihood (not in the paper)",
+        "*Log-likelihood of each TruthfulQA choice (nats, summed over its tokens) on the test questions "
+        "of Table 1: the median under each method, and the median and 10th percentile of its change "
+        "against the base model on the same choice. MC1 and MC2 compare a question's choices with one "
+        "another, so an edit can raise them while making every answer far less likely; a large negative "
+        "change is a cost in fluency that Table 1 does not show.*",
+        loglik_table(shifts),
+        loglik_claims(shifts),
+    ]
+
+
+def results_markdown(rows: Sequence[Mapping[str, Any]], flips: Flips, shifts: Flips | None = None) -> str:
     """The generated results chapter body: Tables 1-3 with captions and the claims they support.
 
     ``rows``: results rows (rows with a non-empty ``tag`` or a non-test split are left out);
-    ``flips``: our model -> method -> ``hpr.evaluation.metrics.flip_rates`` dict.
+    ``flips``: our model -> method -> ``hpr.evaluation.metrics.flip_rates`` dict; ``shifts`` (optional):
+    our model -> method -> ``hpr.evaluation.metrics.loglik_shift`` dict, shown after Table 1.
     """
     rows = main_rows(rows)
     flips = {m: f for m, f in (flips or {}).items() if f}
@@ -328,6 +346,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], flips: Flips) -> str:
         f"{MISSING} = not measured or not reported.*",
         table1(rows, models),
         table1_claims(rows, models),
+        *_cost_section(shifts),
         "## Table 2: BBQ, SEQ and ToxiGen",
         f"*Accuracy (%, ± standard error). Ours: {_caption_ours(rows, models, list(paper.TABLE2_DATASETS))}. "
         "HPR: editors trained on the same dataset; transfer: the TruthfulQA editors. "
