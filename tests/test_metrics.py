@@ -148,3 +148,5 @@ def test_loglik_shift_pairs_choices_by_id() -> None:
         loglik_shift(before, [{"id": "a", "logliks": [-1.0]}, after[0]])
     with pytest.raises(DataError, match="different examples"):
         loglik_shift(before, after[:1])
+    with pytest.raises(DataError, match="has no 'logliks'"):
+        loglik_shift(before, [{"id": "a"}, after[0]])

@@ -156,6 +156,8 @@ def loglik_shift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
     pairs = _paired(before, after)
     la, lb = [], []
     for ra, rb in pairs:
+        if "logliks" not in ra or "logliks" not in rb:
+            raise DataError(f"example {ra['id']!r} has no 'logliks' in its prediction rows; evaluate the run again")
         if len(ra["logliks"]) != len(rb["logliks"]):
             raise DataError(f"example {ra['id']!r} has a different number of choices in the two runs")
         la.extend(ra["logliks"])

@@ -186,7 +186,9 @@ def study_loglik_shifts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, d
     base (``hpr.evaluation.metrics.loglik_shift``), from the main results rows' predictions."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for base, r in _against_base(rows):
-        out.setdefault(r["model"], {})[r["method"]] = loglik_shift(predictions(base), predictions(r))
+        before, after = predictions(base), predictions(r)
+        if all("logliks" in x for x in (*before, *after)):  # older runs' rows may lack them: left out
+            out.setdefault(r["model"], {})[r["method"]] = loglik_shift(before, after)
     return out
 
 
