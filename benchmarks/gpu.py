@@ -5,13 +5,18 @@ a config (random weights, no download), puts k = 5 random ``hpr.editor.HPR`` edi
 spaced layers and times, interleaved, medians over repeats:
   - prefill: batch 8 x 512 tokens, whole-model forward;
   - decode: batch 32, one new token on a KV cache of 512 tokens;
-for ``plain`` (no hooks), ``hpr`` (``EditorSet.apply``: geometry in float32, the angle network
-cast to the model's dtype) and ``reference`` (the paper's design, ``benchmarks/reference.py``:
-dense d x d fp32 Householder matrix per call, fp32 angle network, diag_embed masks). Also the
-edit alone vs one decoder block at prefill (the anchor: reference 1.60x on an H100), and
-whether our edit can be captured in a CUDA graph at the decode shape. Writes
-``benchmarks/results/h100.json`` (``--out``) with the device name. Runs in well under 5 minutes
-on an H100.
+  - decode at batch 1, the same way;
+for ``plain`` (no hooks), ``hooks_only`` (hooks on the same blocks that return their input: the
+floor that Python hooks set), ``hpr`` (``EditorSet.apply``: geometry in float32, the angle network
+cast to the model's dtype), ``hpr_graphed`` (``apply(graphed=True)``: each few-row edit replayed
+from a CUDA graph, ``hpr.lm.graphs``), ``hpr_compiled`` (``torch.compile``) and ``reference`` (the
+paper's design, ``benchmarks/reference.py``: dense d x d fp32 Householder matrix per call, fp32
+angle network, diag_embed masks). Also the whole decode step captured in one CUDA graph, the GPU
+kernel time of an eager step, the edit alone vs one decoder block at prefill (the anchor:
+reference 1.60x on an H100), and the agreement of our edit with the reference on the tokens it
+edits. ``targets`` says whether ``hpr`` or ``hpr_graphed`` is at most 3% over ``plain`` in each
+case (issue 15). Writes ``benchmarks/results/gpu.json`` (``--out``) with the device name;
+``benchmarks/gpu_table.py`` renders the README's table from it. About 5 minutes on an H100.
 
 ``--tiny`` runs a small model on the CPU (or GPU if present) to check the script works; it
 writes ``benchmarks/results/gpu-tiny.json`` and its numbers mean nothing.
@@ -106,11 +111,19 @@ def summary(t: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
+    """The random model, initialised here (normal(0, 0.02) matrices, unit norm weights) so that
+    no weight is left as uninitialised memory, whatever the transformers version does on a device."""
     cfg = LlamaConfig(**(TINY if tiny else LLAMA3_8B))
     torch.manual_seed(0)
     with device:
-        model = LlamaForCausalLM(cfg).to(dtype)
-    return model.eval()
+        model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+    return model.to(dtype).eval()
 
 
 def editors(model: Any, k: int, dtype: torch.dtype, device: torch.device) -> tuple[Any, dict[int, Any]]:
@@ -257,6 +270,10 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     def ctx(kind: str) -> Any:
         if kind == "hpr":
             return es.apply(model)
+        if kind == "hpr_graphed":
+            return es.apply(model, graphed=True)
+        if kind == "hooks_only":
+            return edit_block_outputs(model, dict.fromkeys(es.selected, _same))
         if kind == "hpr_compiled":
             return es.apply(model, compiled=True)
         if kind == "reference":
@@ -270,7 +287,7 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
 
         return f
 
-    kinds = ("plain", "hpr", "hpr_compiled", "reference")
+    kinds = ("plain", "hooks_only", "hpr", "hpr_graphed", "hpr_compiled", "reference")
     t_compile = time.perf_counter()
     with es.apply(model, compiled=True), torch.no_grad():  # compile outside the timings
         model(ids, use_cache=False)
@@ -295,23 +312,32 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
 
     dids = torch.randint(0, vocab, (dbatch, seq), generator=g).to(device)
     with torch.no_grad():
-        out = model(dids, use_cache=True)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    nxt = torch.randint(0, vocab, (dbatch, 1), generator=g).to(device)
+        logits = model(ids[:1], use_cache=False).logits
+    result["finite_logits"] = bool(torch.isfinite(logits).all())
 
     import inspect
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def decode(kind: str) -> Callable[[], Any]:
-        def f() -> Any:
-            with ctx(kind), torch.no_grad():
-                o = model(nxt, **{cache_kw: cache}, use_cache=True)
-            cache.crop(-1)
-            return o
+    def decoder(rows: torch.Tensor) -> Callable[[str], Callable[[], Any]]:
+        """Steps of one new token per row of ``rows`` (batch, seq) on a KV cache of ``seq`` tokens."""
+        with torch.no_grad():
+            out = model(rows, use_cache=True)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        nxt = torch.randint(0, vocab, (rows.shape[0], 1), generator=g).to(device)
 
-        return f
+        def decode(kind: str) -> Callable[[], Any]:
+            def f() -> Any:
+                with ctx(kind), torch.no_grad():
+                    o = model(nxt, **{cache_kw: cache}, use_cache=True)
+                cache.crop(-1)
+                return o
 
+            return f
+
+        return decode
+
+    decode = decoder(dids)
     t_compile = time.perf_counter()
     decode("hpr_compiled")()  # compile the decode shape outside the timings
     sync(device)
@@ -322,6 +348,14 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         "repeats": repeats * 3,
         **summary(alternate({n: decode(n) for n in kinds}, repeats * 3, device)),
     }
+    decode1 = decoder(dids[:1])
+    decode1("hpr_compiled")()
+    result["decode_batch1"] = {
+        "batch": 1,
+        "cache_tokens": seq,
+        "repeats": repeats * 3,
+        **summary(alternate({n: decode1(n) for n in kinds}, repeats * 3, device)),
+    }
 
     # Decode as serving stacks run it: a StaticCache and the whole step in one CUDA graph, so the
     # host's per-kernel launch cost (which dominates the eager rows above) is gone. Plus the GPU
@@ -330,7 +364,7 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         graph_res: dict[str, Any] = {}
         try:
             sstep = static_decode_step(model, dbatch, seq, device, g, cache_kw)
-            replays = {n: graphed(sstep, (lambda n=n: ctx(n))) for n in ("plain", "hpr", "hpr_compiled")}
+            replays = {n: graphed(sstep, (lambda n=n: ctx(n))) for n in ("plain", "hpr", "hpr_graphed", "hpr_compiled")}
             graph_res = {"repeats": repeats * 3, **summary(alternate(replays, repeats * 3, device))}
         except Exception as exc:  # noqa: BLE001 - report why, keep the other rows
             graph_res = {"error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -375,10 +409,14 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     }
     with torch.no_grad():
         _, _, xd = block_inputs(model, layer, dids[:, :1])
+    from hpr.lm.graphs import GraphedEdit
+
+    graphed_e = GraphedEdit(ours_e.edit, min_seen=1)
     with torch.no_grad():
         t = alternate(
             {
                 "hpr": lambda: ours_e.edit(xd),
+                "hpr_graphed": lambda: graphed_e(xd),
                 "hpr_compiled": lambda: ours_e.edit(xd, compiled=True),
                 "reference": lambda: reference_edit(ref_e, xd),
             },
@@ -393,14 +431,49 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         xx = torch.cat([x, -x])
         a, r = ours_e.edit(xx).float(), reference_edit(ref_e, xx).float()
         edited = (ours_e.logits(xx) < 0) & torch.isfinite(r).all(-1)
+        negatives = ours_e.logits(xx) < 0
     rel = ((a - r).norm(dim=-1) / xx.float().norm(dim=-1).clamp_min(1e-30))[edited]
     result["hpr_vs_reference_edited_tokens"] = int(edited.sum())
+    result["hpr_vs_reference_tokens"] = {  # why a comparison might cover few tokens
+        "all": int(negatives.numel()),
+        "finite_input": int(torch.isfinite(xx).all(-1).sum()),
+        "negatives": int(negatives.sum()),
+        "reference_finite": int(torch.isfinite(r).all(-1).sum()),
+    }
     result["hpr_vs_reference_median_rel_diff"] = float(rel.median()) if rel.numel() else None
+    result["targets"] = targets(result)
     result["total_s"] = time.perf_counter() - t_start
     result["note"] = "tiny CPU check, numbers meaningless" if tiny else "random weights from config"
     if not math.isfinite(result["total_s"]):
         raise RuntimeError("timer failure")
     return result
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    """The edit that changes nothing (``hooks_only``: what the hooks alone cost)."""
+    return x
+
+
+#: Issue 15's target: the edit's overhead over the unedited model, per case.
+TARGET = 0.03
+CASES = {
+    "prefill": "prefill",
+    "decode_batch32_eager": "decode",
+    "decode_batch1_eager": "decode_batch1",
+    "decode_cuda_graph_step": "decode_cuda_graph_step",
+}
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Per case, the best of ``hpr``/``hpr_graphed`` (median overhead) and whether it is at most 3%."""
+    out: dict[str, Any] = {"target": TARGET}
+    for case, key in CASES.items():
+        over = result.get(key, {}).get("overhead", {})
+        got = {n: over[n] for n in ("hpr", "hpr_graphed") if n in over}
+        if got:
+            best = min(got, key=lambda n: got[n])
+            out[case] = {"best": best, "overhead": got[best], "met": got[best] <= TARGET}
+    return out
 
 
 def main() -> None:
@@ -410,7 +483,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     res = run(a.tiny, a.repeats)
-    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / ("gpu-tiny.json" if a.tiny else "h100.json")
+    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / ("gpu-tiny.json" if a.tiny else "gpu.json")
     from hpr import _files
 
     _files.write_json(out, res)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -20,6 +20,7 @@ from hpr.editor import ANGLE_INPUTS, HPR, edit_with
 from hpr.errors import EditorError
 from hpr.lm.architectures import fingerprint as model_fingerprint
 from hpr.lm.architectures import same_model
+from hpr.lm.graphs import GraphedEdit
 from hpr.lm.hooks import edit_block_outputs
 
 CONFIG_FILE = "config.json"
@@ -91,17 +92,21 @@ class EditorSet:
             )
 
     @contextmanager
-    def apply(self, model: nn.Module, check: bool = True, compiled: bool = False) -> Iterator[nn.Module]:
+    def apply(
+        self, model: nn.Module, check: bool = True, compiled: bool = False, graphed: bool = False
+    ) -> Iterator[nn.Module]:
         """Edit the selected layers of ``model`` inside the block; hooks removed on exit. The editors'
         weights are read at the first edit: changes to them inside the block take effect at the next.
 
         ``compiled=True`` fuses each edit with ``torch.compile`` (worth it for long ``generate()``
         runs on a GPU, where the eager edit's kernel launches cost more than its arithmetic; the
-        first call per shape compiles for seconds to a minute). Results are the same.
+        first call per shape compiles for seconds to a minute). ``graphed=True`` replays each edit
+        from a CUDA graph at the few-row shapes that recur, the decode steps
+        (``hpr.lm.graphs.GraphedEdit``; CPU tensors and large inputs run eagerly). Results are the same.
         """
         if check:
             self.check_model(model)
-        edits = {i: _EditCall(self.editors[i], compiled) for i in self.selected}
+        edits = {i: _EditCall(self.editors[i], compiled, graphed) for i in self.selected}
         with torch.no_grad(), edit_block_outputs(model, edits):
             yield model
 
@@ -164,12 +169,14 @@ class EditorSet:
 class _EditCall:
     """A picklable callable ``x -> editor.edit(x)`` for the hooks. It reads the editor's weights
     (``HPR._cached``) at its first call and again only when ``x`` is on another device (then it
-    moves the editor there): weight changes made inside an ``apply()`` block apply from the next."""
+    moves the editor there): weight changes made inside an ``apply()`` block apply from the next.
+    ``graphed``: through a ``GraphedEdit``, whose graphs are dropped whenever the weights are read."""
 
-    def __init__(self, editor: HPR, compiled: bool = False) -> None:
+    def __init__(self, editor: HPR, compiled: bool = False, graphed: bool = False) -> None:
         self.editor = editor
         self.compiled = compiled
         self.cached: tuple[Any, ...] | None = None
+        self.graphs = GraphedEdit(self._edit) if graphed else None
 
     def __call__(self, x: Tensor) -> Tensor:
         cached = self.cached
@@ -177,7 +184,15 @@ class _EditCall:
             if self.editor.probe.weight.device != x.device:
                 self.editor.to(x.device)
             cached = self.cached = self.editor._cached()
+            if self.graphs is not None:
+                self.graphs.clear()
+        if self.graphs is not None:
+            return self.graphs(x)
         return edit_with(x, cached, self.editor.use_angle, self.compiled, self.editor.angle_input)
+
+    def _edit(self, x: Tensor) -> Tensor:
+        """The eager edit with the weights read last (what a graph captures)."""
+        return edit_with(x, cast(tuple, self.cached), self.editor.use_angle, self.compiled, self.editor.angle_input)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

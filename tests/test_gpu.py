@@ -482,3 +482,82 @@ def test_device_map_split_follows_each_block(device: str, tmp_path) -> None:
     ref_scores = score(ref, tok, reqs, method=eds_ref, batch_size=3, progress=False)
     assert _maxdiff(scores, ref_scores) < 1e-4
     assert _maxdiff(ref_scores, score(ref, tok, reqs, batch_size=3, progress=False)) > 1e-2
+
+
+# --- CUDA-graph replay of the edit at recurring shapes ------------------------------------------
+
+
+def _eager_fn(editor: HPR):  # noqa: ANN202
+    from hpr.editor import edit_with
+
+    cached = editor._cached()
+    return lambda x: edit_with(x, cached, editor.use_angle)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_graphed_edit_replays_recurring_shapes(device: str, dtype: torch.dtype) -> None:
+    """Same values as the eager edit for every call; on CUDA one graph per recurring few-row shape
+    (captured at its second input, the least recently used dropped past ``max_graphs``), none for
+    large inputs or inputs that need gradients; on the CPU never a graph."""
+    from hpr.lm.graphs import GraphedEdit
+
+    torch.manual_seed(5)
+    editor = HPR(64, angle_layers=2).to(device)
+    eager = _eager_fn(editor)
+    graphed = GraphedEdit(eager, max_rows=16, max_graphs=2)
+    g = torch.Generator().manual_seed(6)
+    shapes = [(4, 1, 64), (4, 1, 64), (4, 1, 64), (2, 1, 64), (2, 1, 64), (1, 1, 64), (1, 1, 64), (4, 8, 64)]
+    outs, edited, rows = [], 0, 0
+    for shape in shapes:
+        x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+        got = graphed(x)
+        want = eager(x)
+        assert got.dtype == x.dtype and got.shape == x.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        edited += int(((got.float() - x.float()).abs().amax(-1) > 1e-3).sum())
+        rows += x.numel() // 64
+        outs.append((got, want))
+    assert 0.25 * rows < edited < 0.75 * rows  # about half of the rows are edited
+    for got, want in outs:  # replays return fresh tensors: later replays overwrite none of them
+        assert torch.equal(got, want)
+    x = torch.randn(4, 1, 64, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+    assert not graphed.eligible(x)  # an input that needs gradients never goes through a graph
+    with torch.no_grad():
+        assert graphed.eligible(x) == (device == "cuda")
+    cuda = device == "cuda"
+    assert list(graphed.graphs) == ([((2, 1, 64), dtype, x.device), ((1, 1, 64), dtype, x.device)] if cuda else [])
+    assert graphed.failed is None
+    graphed.clear()
+    assert not graphed.graphs and not graphed.seen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_graphed_apply_equals_eager_in_generate_and_scoring(device: str, dtype: torch.dtype) -> None:
+    """``apply(graphed=True)``: the same tokens and logits in ``generate()`` with the KV cache and the
+    same scores as ``apply()``; on CUDA the decode steps' edits are replayed from graphs."""
+    from hpr.editor_set import _EditCall
+
+    tok = byte_tokenizer()
+    model = _model(device, dtype)
+    eds = _editors(model, (0, 2), seed=7)
+    enc = tok(["Hello there", "Why is the sky"], return_tensors="pt", padding=True, padding_side="left").to(device)
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, return_dict_in_generate=True)
+    with eds.apply(model):
+        want = model.generate(**enc, output_logits=True, **kw)
+    with eds.apply(model, graphed=True):
+        got = model.generate(**enc, output_logits=True, **kw)
+    assert torch.equal(got.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), rtol=1e-5, atol=1e-5)
+    reqs = _requests() * 2  # each batch shape recurs: on CUDA the second pass replays graphs
+    with eds.apply(model, graphed=True):
+        graphed_scores = score(model, tok, reqs, batch_size=3, progress=False)
+    eager_scores = score(model, tok, reqs, method=eds, batch_size=3, progress=False)
+    assert _maxdiff(graphed_scores, eager_scores) < 1e-5
+    assert _maxdiff(eager_scores, score(model, tok, reqs, batch_size=3, progress=False)) > 1e-2
+    call = _EditCall(eds.editors[0], graphed=True)
+    x = torch.randn(2, 1, model.config.hidden_size, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.testing.assert_close(call(x), eds.editors[0].edit(x), rtol=0, atol=0)
+    assert call.graphs is not None and len(call.graphs.graphs) == (1 if device == "cuda" else 0)

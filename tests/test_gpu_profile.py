@@ -10,6 +10,7 @@ from typing import Any
 
 import nbformat
 import pytest
+import torch
 from notebook_helpers import REPO
 from test_lmeval_task import write_task
 
@@ -85,19 +86,16 @@ def _has_lm_eval() -> bool:
     return importlib.util.find_spec("lm_eval") is not None
 
 
-def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = tmp_path / "study"
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
-    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
-    monkeypatch.setenv("HPR_HUB_MIRROR", str(write_mirror(tmp_path / "mirror")))
-    monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path / "cache"))
-    over = {
+def small_overrides(out_dir: Path, tmp: Path) -> dict[str, Any]:
+    """The gpu profile cut down to the tiny random model and small caps (minutes, also on a CPU);
+    ``benchmarks/gpu_study.py`` runs the same on a GPU machine."""
+    return {
         "model": "tiny-random",
         "models": ["tiny-random"],
         "all_methods_models": ["tiny-random"],
         "table2_models": ["tiny-random"],
         "methods": ["base", "iti", "hpr-noangle", "hpr"],
-        "out_dir": str(root / "runs" / "book"),
+        "out_dir": str(out_dir),
         "k": 2,
         "max_k": 2,
         "n_generate": 1,
@@ -110,9 +108,23 @@ def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest
         "seed_methods": ["base", "hpr"],
         "layer_sweep_methods": ["hpr"],
         # the profile's hellaswag and mmlu need the hub; a local task in lm-eval's format stands in
-        "side_effect_tasks": [str(write_task(tmp_path / "task"))] if _has_lm_eval() else [],
+        "side_effect_tasks": [str(write_task(tmp / "task"))] if _has_lm_eval() else [],
         "side_effect_limit": 2,
     }
+
+
+def copy_study(root: Path) -> Path:
+    """The study's notebooks and book sources copied to ``root`` (the run writes its outputs there)."""
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_generated"))
+    return root
+
+
+def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = copy_study(tmp_path / "study")
+    monkeypatch.setenv("HPR_HUB_MIRROR", str(write_mirror(tmp_path / "mirror")))
+    monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path / "cache"))
+    over = small_overrides(root / "runs" / "book", tmp_path)
     params = profile_parameters("gpu", over)
     assert params["source"] == "hub" and params["add_bos"] is False and params["device"] == "auto"
     results = run_study("gpu", over, root=root, log=lambda _m: None)
@@ -123,6 +135,8 @@ def test_gpu_profile_runs_on_hub_format_data(tmp_path: Path, monkeypatch: pytest
     assert PROFILES["gpu"]["side_effect_tasks"] == ["hellaswag", "mmlu"]  # what a GPU user runs
     rec = nbformat.read(root / "book/notebooks/04_benchmarks.ipynb", as_version=4).metadata["hpr"]
     assert rec["parameters"]["source"] == "hub" and rec["parameters"]["add_bos"] is False
+    cuda = torch.cuda.is_available()  # the record names the device and dtype "auto" resolved to
+    assert (rec["device"], rec["dtype"]) == (("cuda", "bfloat16") if cuda else ("cpu", "float32")), rec
     files = sorted((root / "runs" / "book").glob("tiny-random/*/seed0/results/*/*/results.json"))
     rows = [read_results(f.parent) for f in files]
     side = [r for r in rows if r.get("tag") == "lmeval"]  # notebook 7's side-effect task, base and hpr
