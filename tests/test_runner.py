@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -86,6 +87,8 @@ def test_run_resume_and_failure(study: Path) -> None:
     )
     assert (rec["device"], rec["dtype"]) == ("cpu", "float32")  # what device="auto" resolved to here
     assert "device `cpu`, dtype `float32`" in nb.cells[-1].source
+    assert rec["machine"] == runner.machine() and f"machine {rec['machine']};" in nb.cells[-1].source
+    assert f"{os.cpu_count()} cores" in rec["machine"]
     assert {"version", "commit", "seconds", "finished", "profile", "inputs_sha256", "out_dir"} <= set(rec)
     assert set(rec["inputs"]) == {"library", "notebook", "parameters", "data"} and rec["out_dir"] == "runs/book"
     assert "Run record" in nb.cells[-1].source

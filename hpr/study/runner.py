@@ -90,6 +90,7 @@ def _stamp(path: Path, record: Mapping[str, Any]) -> None:
         "**Run record.** "
         f"profile `{record['profile']}`; hpr {record['version']}; git commit `{record['commit']}`; "
         + (f"device `{record['device']}`, dtype `{record['dtype']}`; " if record.get("device") else "")
+        + (f"machine {record['machine']}; " if record.get("machine") else "")
         + f"run time {record['seconds']:.1f} s; finished {record['finished']}.\n\nParameters: {params}."
     )
     shown = {k: v for k, v in sorted(record["parameters"].items()) if v is not None and k not in ("data_dir",)}
@@ -125,6 +126,35 @@ def _resolved_device(params: Mapping[str, Any]) -> dict[str, str]:
     if params.get("device_map"):
         return {"device": f"device_map={params['device_map']}", "dtype": dtype}
     return {"device": str(resolve_device(dev)), "dtype": dtype}
+
+
+def machine() -> str:
+    """This machine, for the run record: the CPU model, its logical cores and widest SIMD extension
+    (float kernels, and so the last bits of trained editors, differ between CPUs), and the GPU torch
+    sees, if any. For example ``"AMD EPYC (family 25, model 17), 2 cores, avx512f; GPU NVIDIA H200"``."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block is enough
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = info.get("model name") or cpu
+    if "cpu family" in info and "model" in info:  # tells CPU generations apart when the name does not
+        cpu += f" (family {info['cpu family']}, model {info['model']})"
+    flags = set(info.get("flags", info.get("Features", "")).split())
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), None)
+    out = f"{cpu}, {os.cpu_count()} cores" + (f", {simd}" if simd else "")
+    import torch
+
+    if torch.cuda.is_available():
+        out += f"; GPU {torch.cuda.get_device_name(0)}"
+    return out
 
 
 def library_root() -> Path:
@@ -188,6 +218,7 @@ def run_study(
             f"unknown parameter(s) {unknown_over}: no notebook declares them; known parameters: {sorted(known)}"
         )
     commit = commit_label(base)
+    host = machine()
     library = _files.tree_digest(lib_root if lib_root is not None else library_root())
     data = data_fingerprint(params, base)
     results: dict[str, RunResult] = {}
@@ -262,6 +293,7 @@ def run_study(
                 "parameters": nb_params,
                 "version": __version__,
                 **_resolved_device(nb_params),
+                "machine": host,
                 "commit": commit,
                 "seconds": round(seconds, 2),
                 "source_sha256": source_sha,
@@ -285,4 +317,4 @@ def run_study(
     return [results[s.name] for s in profiles.NOTEBOOKS if s.name in results]
 
 
-__all__ = ["RunResult", "commit_label", "library_root", "run_study"]
+__all__ = ["RunResult", "commit_label", "library_root", "machine", "run_study"]
