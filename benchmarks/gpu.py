@@ -168,32 +168,25 @@ def block_inputs(model: Any, layer: int, ids: torch.Tensor) -> tuple[tuple[Any, 
 
 
 def cuda_graph_check(editor: Any, x: torch.Tensor) -> dict[str, Any]:
-    """Capture ``editor.edit`` at a fixed shape in a CUDA graph; replay must equal eager."""
+    """Replay ``editor.edit`` from a CUDA graph at a fixed shape (``hpr.lm.graphs.GraphedEdit``, as
+    ``apply(graphed=True)`` does); the replay of new input must equal the eager edit."""
     if x.device.type != "cuda":
         return {"capturable": None, "why": "no CUDA device"}
-    try:
-        static = x.clone()
-        with torch.no_grad():
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    editor.edit(static)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                out = editor.edit(static)
-            static.copy_(x * 1.5)
-            g.replay()
-            want = editor.edit(x * 1.5)
-        torch.cuda.synchronize()
-        return {
-            "capturable": True,
-            "replay_equals_eager": bool(torch.equal(out, want)),
-            "max_abs_diff": float((out.float() - want.float()).abs().max()),
-        }
-    except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
-        return {"capturable": False, "why": f"{type(exc).__name__}: {exc}"[:300]}
+    from hpr.lm.graphs import GraphedEdit
+
+    graphed_edit = GraphedEdit(editor.edit, min_seen=1)
+    with torch.no_grad():
+        graphed_edit(x)  # captured here
+        out = graphed_edit(x * 1.5)  # replayed
+        want = editor.edit(x * 1.5)
+    torch.cuda.synchronize()
+    if graphed_edit.failed is not None or not graphed_edit.graphs:
+        return {"capturable": False, "why": graphed_edit.failed}
+    return {
+        "capturable": True,
+        "replay_equals_eager": bool(torch.equal(out, want)),
+        "max_abs_diff": float((out.float() - want.float()).abs().max()),
+    }
 
 
 def static_decode_step(
