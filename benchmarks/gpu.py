@@ -4,7 +4,9 @@ Needs only torch and transformers (plus this repository on ``sys.path``). Builds
 a config (random weights, no download), puts k = 5 random ``hpr.editor.HPR`` editors on evenly
 spaced layers and times, interleaved, medians over repeats:
   - prefill: batch 8 x 512 tokens, whole-model forward;
-  - decode: batch 32, one new token on a KV cache of 512 tokens;
+  - decode: batch 32, one new token on a KV cache of 512 tokens, timed in blocks of
+    ``DECODE_STEPS`` steps inside one editing context, as ``generate()`` runs them (entering the
+    context, which registers the hooks, is paid once per block; times are per step);
   - decode at batch 1, the same way;
 for ``plain`` (no hooks), ``hooks_only`` (hooks on the same blocks that return their input: the
 floor that Python hooks set), ``hpr`` (``EditorSet.apply``: geometry in float32, the angle network
@@ -66,6 +68,8 @@ TINY = dict(
     vocab_size=1000,
     max_position_embeddings=1024,
 )
+#: Decode steps per timed sample, inside one editing context (as in one ``generate()`` call).
+DECODE_STEPS = 4
 
 
 def sync(device: torch.device) -> None:
@@ -97,10 +101,11 @@ def med(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
-def summary(t: dict[str, list[float]]) -> dict[str, Any]:
+def summary(t: dict[str, list[float]], per: int = 1) -> dict[str, Any]:
+    """Medians (seconds, divided by ``per``: the steps each timing covers) and overheads over ``plain``."""
     base = med(t["plain"])
     return {
-        "median_s": {n: med(v) for n, v in t.items()},
+        "median_s": {n: med(v) / per for n, v in t.items()},
         "overhead": {n: med(v) / base - 1.0 for n, v in t.items() if n != "plain"},
         "overhead_paired": {
             n: float(statistics.median(a / b for a, b in zip(v, t["plain"], strict=True))) - 1.0
@@ -313,7 +318,8 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def decoder(rows: torch.Tensor) -> Callable[[str], Callable[[], Any]]:
-        """Steps of one new token per row of ``rows`` (batch, seq) on a KV cache of ``seq`` tokens."""
+        """``DECODE_STEPS`` steps of one new token per row of ``rows`` (batch, seq) on a KV cache of
+        ``seq`` tokens (cropped back after each step), inside one editing context."""
         with torch.no_grad():
             out = model(rows, use_cache=True)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
@@ -322,8 +328,9 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         def decode(kind: str) -> Callable[[], Any]:
             def f() -> Any:
                 with ctx(kind), torch.no_grad():
-                    o = model(nxt, **{cache_kw: cache}, use_cache=True)
-                cache.crop(-1)
+                    for _ in range(DECODE_STEPS):
+                        o = model(nxt, **{cache_kw: cache}, use_cache=True)
+                        cache.crop(-1)
                 return o
 
             return f
@@ -338,17 +345,21 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     result["decode"] = {
         "batch": dbatch,
         "cache_tokens": seq,
-        "repeats": repeats * 3,
-        **summary(alternate({n: decode(n) for n in kinds}, repeats * 3, device)),
+        "repeats": repeats * 2,
+        "steps_per_repeat": DECODE_STEPS,
+        **summary(alternate({n: decode(n) for n in kinds}, repeats * 2, device), DECODE_STEPS),
     }
     decode1 = decoder(dids[:1])
     decode1("hpr_compiled")()
     result["decode_batch1"] = {
         "batch": 1,
         "cache_tokens": seq,
-        "repeats": repeats * 3,
-        **summary(alternate({n: decode1(n) for n in kinds}, repeats * 3, device)),
+        "repeats": repeats * 2,
+        "steps_per_repeat": DECODE_STEPS,
+        **summary(alternate({n: decode1(n) for n in kinds}, repeats * 2, device), DECODE_STEPS),
     }
+    # the graphs hpr_graphed kept per edited layer (0 on the CPU): its decode timings replayed them
+    result["hpr_graphed_graphs"] = {str(i): len(g.graphs) for (i, _), g in es._graphs.items()}
 
     # Decode as serving stacks run it: a StaticCache and the whole step in one CUDA graph, so the
     # host's per-kernel launch cost (which dominates the eager rows above) is gone. Plus the GPU
@@ -363,7 +374,9 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
             graph_res = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         result["decode_cuda_graph_step"] = graph_res
         try:
-            kt = {n: kernel_time_per_call(decode(n)) for n in ("plain", "hpr", "hpr_compiled", "reference")}
+            kt = {
+                n: kernel_time_per_call(decode(n)) / DECODE_STEPS for n in ("plain", "hpr", "hpr_compiled", "reference")
+            }
             result["decode_kernel_time"] = {
                 "seconds_per_step": kt,
                 "overhead": {n: v / kt["plain"] - 1.0 for n, v in kt.items() if n != "plain"},

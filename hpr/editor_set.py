@@ -54,6 +54,7 @@ class EditorSet:
         self.config = dict(config or {})
         first = next(iter(self.editors.values()))
         self.hidden_size = first.hidden_size
+        self._graphs: dict[tuple[int, bool], GraphedEdit] = {}
 
     @property
     def val_accuracy(self) -> dict[int, float]:
@@ -102,13 +103,22 @@ class EditorSet:
         runs on a GPU, where the eager edit's kernel launches cost more than its arithmetic; the
         first call per shape compiles for seconds to a minute). ``graphed=True`` replays each edit
         from a CUDA graph at the few-row shapes that recur, the decode steps
-        (``hpr.lm.graphs.GraphedEdit``; CPU tensors and large inputs run eagerly). Results are the same.
+        (``hpr.lm.graphs.GraphedEdit``; CPU tensors and large inputs run eagerly). The graphs are
+        kept with this set for later ``apply`` blocks while the weights stay the same (a shape is
+        captured once, not at every ``generate()``); ``clear_graphs()`` frees them. Results are the same.
         """
         if check:
             self.check_model(model)
-        edits = {i: _EditCall(self.editors[i], compiled, graphed) for i in self.selected}
+        edits = {}
+        for i in self.selected:
+            graphs = self._graphs.setdefault((i, compiled), GraphedEdit()) if graphed else None
+            edits[i] = _EditCall(self.editors[i], compiled, graphs)
         with torch.no_grad(), edit_block_outputs(model, edits):
             yield model
+
+    def clear_graphs(self) -> None:
+        """Free the CUDA graphs that ``apply(graphed=True)`` keeps (they are captured again when needed)."""
+        self._graphs.clear()
 
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
@@ -170,13 +180,14 @@ class _EditCall:
     """A picklable callable ``x -> editor.edit(x)`` for the hooks. It reads the editor's weights
     (``HPR._cached``) at its first call and again only when ``x`` is on another device (then it
     moves the editor there): weight changes made inside an ``apply()`` block apply from the next.
-    ``graphed``: through a ``GraphedEdit``, whose graphs are dropped whenever the weights are read."""
+    ``graphs``: edit through this ``GraphedEdit``, bound to the weights at each read (it keeps its
+    graphs if they are the same tensors as at its last binding, and drops them otherwise)."""
 
-    def __init__(self, editor: HPR, compiled: bool = False, graphed: bool = False) -> None:
+    def __init__(self, editor: HPR, compiled: bool = False, graphs: GraphedEdit | None = None) -> None:
         self.editor = editor
         self.compiled = compiled
         self.cached: tuple[Any, ...] | None = None
-        self.graphs = GraphedEdit(self._edit) if graphed else None
+        self.graphs = graphs
 
     def __call__(self, x: Tensor) -> Tensor:
         cached = self.cached
@@ -185,7 +196,8 @@ class _EditCall:
                 self.editor.to(x.device)
             cached = self.cached = self.editor._cached()
             if self.graphs is not None:
-                self.graphs.clear()
+                variant = (self.editor.use_angle, self.editor.angle_input, self.compiled)
+                self.graphs.bind(self._edit, cached, variant)
         if self.graphs is not None:
             return self.graphs(x)
         return edit_with(x, cached, self.editor.use_angle, self.compiled, self.editor.angle_input)

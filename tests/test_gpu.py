@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from hpr.evaluation.scoring import Request, score, score_full
 from hpr.householder import pseudo_rotate, reflect
 from hpr.lm.architectures import decoder_layers, fingerprint
 from hpr.lm.capture import run_capture
+from hpr.lm.graphs import GraphedEdit
 from hpr.lm.kv import cache_arg
 from hpr.lm.tiny import byte_tokenizer, tiny_llama
 from hpr.methods.diff import Diff
@@ -550,14 +552,81 @@ def test_graphed_apply_equals_eager_in_generate_and_scoring(device: str, dtype: 
         got = model.generate(**enc, output_logits=True, **kw)
     assert torch.equal(got.sequences, want.sequences)
     torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), rtol=1e-5, atol=1e-5)
+    kept = {k: dict(g.graphs) for k, g in eds._graphs.items()}
+    assert all(kept.values()) == (device == "cuda")
+    with eds.apply(model, graphed=True):  # a later block replays the graphs the first one captured
+        again = model.generate(**enc, **kw)
+    assert torch.equal(again.sequences, want.sequences)
+    assert all(eds._graphs[k].graphs.get(s) is g for k, gs in kept.items() for s, g in gs.items())
     reqs = _requests() * 2  # each batch shape recurs: on CUDA the second pass replays graphs
     with eds.apply(model, graphed=True):
         graphed_scores = score(model, tok, reqs, batch_size=3, progress=False)
     eager_scores = score(model, tok, reqs, method=eds, batch_size=3, progress=False)
     assert _maxdiff(graphed_scores, eager_scores) < 1e-5
     assert _maxdiff(eager_scores, score(model, tok, reqs, batch_size=3, progress=False)) > 1e-2
-    call = _EditCall(eds.editors[0], graphed=True)
+    call = _EditCall(eds.editors[0], graphs=GraphedEdit())
     x = torch.randn(2, 1, model.config.hidden_size, device=device, dtype=dtype)
     for _ in range(3):
         torch.testing.assert_close(call(x), eds.editors[0].edit(x), rtol=0, atol=0)
     assert call.graphs is not None and len(call.graphs.graphs) == (1 if device == "cuda" else 0)
+
+
+class _CPUGraphs(GraphedEdit):
+    """A ``GraphedEdit`` whose "graphs" work on the CPU, so the bookkeeping runs in every test run: a
+    capture keeps the edit it was given and a replay reruns that edit on the static input, as a
+    CUDA graph replays the kernels and weights it captured."""
+
+    captures = 0
+
+    def eligible(self, x: Tensor) -> bool:
+        return not (x.requires_grad and torch.is_grad_enabled()) and x.numel() // x.shape[-1] <= self.max_rows
+
+    def _capture(self, x: Tensor, edit: Any) -> tuple[Tensor, Tensor, Any]:
+        type(self).captures += 1
+        static_in = x.clone()
+        static_out = edit(static_in)
+
+        class Graph:
+            def replay(self) -> None:
+                static_out.copy_(edit(static_in))
+
+        return static_in, static_out, Graph()
+
+
+def test_graphs_outlive_apply_blocks_until_the_weights_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``apply(graphed=True)`` keeps each layer's graphs for later blocks (a shape is captured once,
+    at its second occurrence over all blocks) and drops them when a weight changes in place, so the
+    next block captures the new weights; every block gives the eager edit's logits."""
+    monkeypatch.setattr("hpr.editor_set.GraphedEdit", _CPUGraphs)
+    monkeypatch.setattr(_CPUGraphs, "captures", 0)
+    model = _model("cpu", torch.float32)
+    eds = _editors(model, (0, 2), seed=3)
+    ids = torch.randint(0, model.config.vocab_size, (4, 2), generator=torch.Generator().manual_seed(4))
+
+    def logits(graphed: bool | None) -> Tensor:
+        with torch.no_grad(), eds.apply(model, graphed=graphed) if graphed is not None else nullcontext():
+            return model(ids).logits
+
+    plain, want = logits(None), logits(False)
+    assert not torch.equal(plain, want)
+    for _ in range(3):
+        torch.testing.assert_close(logits(True), want, rtol=0, atol=0)
+    assert _CPUGraphs.captures == 2  # one per edited layer
+    graphs = eds._graphs[(0, False)]
+    assert isinstance(graphs, _CPUGraphs) and list(graphs.graphs) == [
+        ((4, 2, model.config.hidden_size), torch.float32, torch.device("cpu"))
+    ]
+    with torch.no_grad():
+        eds.editors[0].probe.weight.neg_()
+    new_want = logits(False)
+    assert not torch.equal(new_want, want)
+    for _ in range(3):
+        torch.testing.assert_close(logits(True), new_want, rtol=0, atol=0)
+    assert _CPUGraphs.captures == 3  # layer 0 again, layer 2 kept
+    eds.editors[2].use_angle = False  # another variant of the same weights: captured anew
+    reflected = logits(False)
+    for _ in range(2):
+        torch.testing.assert_close(logits(True), reflected, rtol=0, atol=0)
+    assert _CPUGraphs.captures == 4
+    eds.clear_graphs()
+    assert not eds._graphs

@@ -11,8 +11,11 @@ are a small part of the time), inputs that need gradients, and calls made while 
 captured (a graph around a whole decode step then captures the eager edit itself).
 
 The edit must read the same weight tensors at every call (a graph replays the addresses it saw at
-capture): ``hpr.editor_set.EditorSet.apply(graphed=True)`` wraps its per-block edits, which read
-their weights once per ``apply`` block, and drops the graphs if the weights are read again.
+capture). ``bind(edit, weights, variant)`` says which: graphs captured for other weights (compared
+by identity) or another variant are dropped. ``hpr.editor_set.EditorSet.apply(graphed=True)`` keeps
+one ``GraphedEdit`` per layer across its ``apply`` blocks and binds it to the weights each block
+reads (``HPR._cached``, rebuilt only when a parameter changes), so a decode shape is captured once,
+not once per ``generate()`` call.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ class GraphedEdit:
     ``max_rows``: graphs only for inputs of at most this many rows (``x.numel() / x.shape[-1]``);
     ``max_graphs``: at most this many graphs, the least recently used dropped first;
     ``min_seen``: capture at the ``min_seen``-th input of a shape (1: at the first).
-    ``graphs`` holds the captured (shape, dtype, device) keys, most recent last.
+    ``graphs`` holds the captured (shape, dtype, device) keys, most recent last. ``edit`` may be
+    left out and given later with ``bind``.
     """
 
-    def __init__(self, edit: EditFn, max_rows: int = 256, max_graphs: int = 8, min_seen: int = 2) -> None:
+    def __init__(self, edit: EditFn | None = None, max_rows: int = 256, max_graphs: int = 8, min_seen: int = 2) -> None:
         if max_rows < 1 or max_graphs < 1 or min_seen < 1:
             raise ValueError("max_rows, max_graphs and min_seen must be at least 1")
         self.edit = edit
+        self.weights: object = None
+        self.variant: object = None
         self.max_rows = max_rows
         self.max_graphs = max_graphs
         self.min_seen = min_seen
@@ -54,6 +60,14 @@ class GraphedEdit:
         self.graphs.clear()
         self.seen.clear()
 
+    def bind(self, edit: EditFn, weights: object, variant: object = None) -> None:
+        """Use ``edit`` from now on; it reads ``weights`` (held here while graphs may read them) in
+        the way ``variant`` names. Graphs captured for other weights (not the same object) or another
+        variant (not equal) are dropped; for the same ones they are kept and replayed."""
+        if weights is not self.weights or variant != self.variant:
+            self.clear()
+        self.edit, self.weights, self.variant = edit, weights, variant
+
     def eligible(self, x: Tensor) -> bool:
         """Whether ``x`` may go through a graph (CUDA, few rows, no autograd, no capture under way)."""
         if x.device.type != "cuda" or self.failed is not None or x.dim() == 0:
@@ -64,16 +78,19 @@ class GraphedEdit:
         return rows <= self.max_rows and not torch.cuda.is_current_stream_capturing()
 
     def __call__(self, x: Tensor) -> Tensor:
+        edit = self.edit
+        if edit is None:
+            raise RuntimeError("GraphedEdit has no edit: pass one to the constructor or to bind()")
         if not self.eligible(x):
-            return self.edit(x)
+            return edit(x)
         key: _Key = (tuple(x.shape), x.dtype, x.device)
         entry = self.graphs.get(key)
         if entry is None:
             self.seen[key] = self.seen.get(key, 0) + 1
             if self.seen[key] < self.min_seen:
-                return self.edit(x)
+                return edit(x)
             try:
-                entry = self._capture(x)
+                entry = self._capture(x, edit)
             except Exception as exc:  # noqa: BLE001 - a graph is an optimisation: stay correct, go eager
                 self.failed = f"{type(exc).__name__}: {exc}"
                 warnings.warn(
@@ -81,7 +98,7 @@ class GraphedEdit:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                return self.edit(x)
+                return edit(x)
             self.graphs[key] = entry
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
@@ -92,8 +109,8 @@ class GraphedEdit:
         graph.replay()
         return static_out.clone()
 
-    def _capture(self, x: Tensor) -> tuple[Tensor, Tensor, Any]:
-        """Warm the edit up on a side stream, then capture it on a static copy of ``x``."""
+    def _capture(self, x: Tensor, edit: EditFn) -> tuple[Tensor, Tensor, Any]:
+        """Warm ``edit`` up on a side stream, then capture it on a static copy of ``x``."""
         with torch.cuda.device(x.device), torch.no_grad():
             static_in = torch.empty_like(x).copy_(x)
             current = torch.cuda.current_stream(x.device)
@@ -101,11 +118,11 @@ class GraphedEdit:
             side.wait_stream(current)
             with torch.cuda.stream(side):
                 for _ in range(2):  # lazy initialisation (kernels, library handles) outside the graph
-                    self.edit(static_in)
+                    edit(static_in)
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = self.edit(static_in)
+                static_out = edit(static_in)
         return static_in, static_out, graph
 
 
