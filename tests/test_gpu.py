@@ -528,7 +528,8 @@ def test_graphed_edit_replays_recurring_shapes(device: str, dtype: torch.dtype) 
     with torch.no_grad():
         assert graphed.eligible(x) == (device == "cuda")
     cuda = device == "cuda"
-    assert list(graphed.graphs) == ([((2, 1, 64), dtype, x.device), ((1, 1, 64), dtype, x.device)] if cuda else [])
+    keys = [((2, 1, 64), dtype, x.device, False), ((1, 1, 64), dtype, x.device, False)]
+    assert list(graphed.graphs) == (keys if cuda else [])
     assert graphed.failed is None
     graphed.clear()
     assert not graphed.graphs and not graphed.seen
@@ -603,30 +604,34 @@ def test_graphs_outlive_apply_blocks_until_the_weights_change(monkeypatch: pytes
     eds = _editors(model, (0, 2), seed=3)
     ids = torch.randint(0, model.config.vocab_size, (4, 2), generator=torch.Generator().manual_seed(4))
 
-    def logits(graphed: bool | None) -> Tensor:
-        with torch.no_grad(), eds.apply(model, graphed=graphed) if graphed is not None else nullcontext():
-            return model(ids).logits
+    def logits(graphed: bool | None, inference: bool = False) -> Tensor:
+        mode = torch.inference_mode() if inference else torch.no_grad()
+        with mode, eds.apply(model, graphed=graphed) if graphed is not None else nullcontext():
+            return model(ids).logits.clone()
 
     plain, want = logits(None), logits(False)
     assert not torch.equal(plain, want)
     for _ in range(3):
-        torch.testing.assert_close(logits(True), want, rtol=0, atol=0)
+        torch.testing.assert_close(logits(True, inference=True), want, rtol=0, atol=0)
     assert _CPUGraphs.captures == 2  # one per edited layer
+    for _ in range(3):  # inference mode's graphs are its own (its tensors cannot be updated outside it)
+        torch.testing.assert_close(logits(True), want, rtol=0, atol=0)
+    assert _CPUGraphs.captures == 4
     graphs = eds._graphs[(0, False)]
-    assert isinstance(graphs, _CPUGraphs) and list(graphs.graphs) == [
-        ((4, 2, model.config.hidden_size), torch.float32, torch.device("cpu"))
-    ]
+    shape = (4, 2, model.config.hidden_size)
+    assert isinstance(graphs, _CPUGraphs)
+    assert list(graphs.graphs) == [(shape, torch.float32, torch.device("cpu"), m) for m in (True, False)]
     with torch.no_grad():
         eds.editors[0].probe.weight.neg_()
     new_want = logits(False)
     assert not torch.equal(new_want, want)
     for _ in range(3):
         torch.testing.assert_close(logits(True), new_want, rtol=0, atol=0)
-    assert _CPUGraphs.captures == 3  # layer 0 again, layer 2 kept
+    assert _CPUGraphs.captures == 5  # layer 0 again, layer 2 kept
     eds.editors[2].use_angle = False  # another variant of the same weights: captured anew
     reflected = logits(False)
     for _ in range(2):
         torch.testing.assert_close(logits(True), reflected, rtol=0, atol=0)
-    assert _CPUGraphs.captures == 4
+    assert _CPUGraphs.captures == 6
     eds.clear_graphs()
     assert not eds._graphs

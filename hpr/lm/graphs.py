@@ -3,8 +3,8 @@
 At decode each edit sees a few rows, and its launches of about 20 small kernels cost far more host
 time than their arithmetic (issue 15: about 0.6 ms per edit eager on an H200 at 32 x 1 x 4096,
 against about 20 microseconds for the same edit replayed from a CUDA graph). ``GraphedEdit`` wraps
-an edit ``x -> y``. On CUDA, the ``min_seen``-th time it sees inputs of one shape, dtype and device
-with at most ``max_rows`` rows, it captures the edit in a CUDA graph; from then on it copies the
+an edit ``x -> y``. On CUDA, the ``min_seen``-th time it sees inputs of one shape, dtype, device
+and inference mode with at most ``max_rows`` rows, it captures the edit in a CUDA graph; then it copies the
 input in, replays the graph and returns a copy of its output: three launches. Every other call runs
 the edit as it is: CPU tensors, shapes not seen often enough, large inputs (prefill, where launches
 are a small part of the time), inputs that need gradients, and calls made while the stream is being
@@ -29,17 +29,19 @@ from torch import Tensor
 
 from hpr.lm.hooks import EditFn
 
-_Key = tuple[tuple[int, ...], torch.dtype, torch.device]
+#: (shape, dtype, device, inference mode): tensors made in inference mode cannot be updated outside it
+_Key = tuple[tuple[int, ...], torch.dtype, torch.device, bool]
 
 
 class GraphedEdit:
-    """``edit`` replayed from one CUDA graph per recurring (shape, dtype, device); same results.
+    """``edit`` replayed from one CUDA graph per recurring (shape, dtype, device, inference mode); same
+    results.
 
     ``max_rows``: graphs only for inputs of at most this many rows (``x.numel() / x.shape[-1]``);
     ``max_graphs``: at most this many graphs, the least recently used dropped first;
     ``min_seen``: capture at the ``min_seen``-th input of a shape (1: at the first).
-    ``graphs`` holds the captured (shape, dtype, device) keys, most recent last. ``edit`` may be
-    left out and given later with ``bind``.
+    ``graphs`` holds the captured (shape, dtype, device, inference mode) keys, most recent last.
+    ``edit`` may be left out and given later with ``bind``.
     """
 
     def __init__(self, edit: EditFn | None = None, max_rows: int = 256, max_graphs: int = 8, min_seen: int = 2) -> None:
@@ -83,7 +85,7 @@ class GraphedEdit:
             raise RuntimeError("GraphedEdit has no edit: pass one to the constructor or to bind()")
         if not self.eligible(x):
             return edit(x)
-        key: _Key = (tuple(x.shape), x.dtype, x.device)
+        key: _Key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled())
         entry = self.graphs.get(key)
         if entry is None:
             self.seen[key] = self.seen.get(key, 0) + 1
