@@ -578,6 +578,7 @@ class _CPUGraphs(GraphedEdit):
     CUDA graph replays the kernels and weights it captured."""
 
     captures = 0
+    replays = 0
 
     def eligible(self, x: Tensor) -> bool:
         return not (x.requires_grad and torch.is_grad_enabled()) and x.numel() // x.shape[-1] <= self.max_rows
@@ -589,6 +590,7 @@ class _CPUGraphs(GraphedEdit):
 
         class Graph:
             def replay(self) -> None:
+                _CPUGraphs.replays += 1
                 static_out.copy_(edit(static_in))
 
         return static_in, static_out, Graph()
@@ -635,3 +637,36 @@ def test_graphs_outlive_apply_blocks_until_the_weights_change(monkeypatch: pytes
     assert _CPUGraphs.captures == 6
     eds.clear_graphs()
     assert not eds._graphs
+
+
+def test_graphed_generate_and_scoring_replay_kept_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``generate()`` with the KV cache and the scorer through ``apply(graphed=True)`` with graphs
+    that work on the CPU (so this runs everywhere; ``pytest -m gpu`` runs the real ones above):
+    the same tokens, logits and scores as the eager edit, decode steps replayed, a second
+    ``generate()`` replaying the first one's graphs, and past ``max_graphs`` shapes the least
+    recently used dropped."""
+    monkeypatch.setattr("hpr.editor_set.GraphedEdit", _CPUGraphs)
+    monkeypatch.setattr(_CPUGraphs, "captures", 0)
+    monkeypatch.setattr(_CPUGraphs, "replays", 0)
+    tok = byte_tokenizer()
+    model = _model("cpu", torch.float32)
+    eds = _editors(model, (0, 2), seed=7)
+    enc = tok(["Hello there", "Why is the sky"], return_tensors="pt", padding=True, padding_side="left")
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, return_dict_in_generate=True)
+    with eds.apply(model):
+        want = model.generate(**enc, output_logits=True, **kw)
+    for n in range(2):
+        with eds.apply(model, graphed=True):
+            got = model.generate(**enc, output_logits=True, **kw)
+        assert torch.equal(got.sequences, want.sequences)
+        torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), rtol=0, atol=0)
+        if n == 0:  # 7 decode steps of one shape per layer: eager, captured and replayed, replayed x 5
+            assert (_CPUGraphs.captures, _CPUGraphs.replays) == (2, 2 * 6)
+    assert _CPUGraphs.captures == 4  # the second call captures only the prefill shape, seen twice now
+    assert _CPUGraphs.replays == 2 * 6 + 2 * (1 + 7)
+    reqs = _requests() * 2
+    eager_scores = score(model, tok, reqs, method=eds, batch_size=3, progress=False)
+    with eds.apply(model, graphed=True):
+        graphed_scores = score(model, tok, reqs, batch_size=3, progress=False)
+    assert _maxdiff(graphed_scores, eager_scores) < 1e-5
+    assert all(len(g.graphs) <= g.max_graphs for g in eds._graphs.values())
