@@ -6,7 +6,7 @@ Layers, lowest first; a module may import its own layer and the ones below, neve
 0. ``errors``, ``_files``, ``_hub``, ``_extras``, ``_nn``, ``householder``: helpers and the geometry;
 1. ``data``: records, datasets, raw formats, prompts;
 2. ``lm``: models, the architecture table, hooks, KV helpers, capture;
-3. ``editor``, ``editor_set``, ``train``: the method itself;
+3. ``editor``, ``editor_set``, ``stacked``, ``train``: the method itself;
 4. ``methods``: the registry and the baselines;
 5. ``evaluation``: scoring, metrics, statistics, the evaluation pipeline, lm-eval;
 6. ``study``: the book's store, runner, tables, plots;
@@ -34,6 +34,7 @@ LAYERS = {
     "lm": 2,
     "editor": 3,
     "editor_set": 3,
+    "stacked": 3,
     "train": 3,
     "methods": 4,
     "evaluation": 5,
@@ -171,3 +172,16 @@ def test_no_package_attribute_hides_a_submodule() -> None:
         for sub in subs:
             attr = getattr(pkg, sub, None)
             assert attr is None or type(attr).__name__ == "module", f"{name}.{sub} is a {type(attr).__name__}"
+
+
+def test_readme_library_table_names_every_module() -> None:
+    """The README's table of the library lists every module by its short name, and no module that is gone."""
+    import re
+
+    readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| part | modules | job |", 1)[1].split("\n\n", 1)[0]
+    listed = {n.rstrip("/") for row in table.splitlines()[2:] for n in re.findall(r"`([^`]+)`", row.split("|")[2])}
+    have = {name.rsplit(".", 1)[-1] for name in modules()}
+    have -= {"hpr", "__main__", "cli", "data", "lm", "methods", "evaluation", "study"}  # the package and the rows
+    assert sorted(have - listed) == [], "add these modules to the README's library table"
+    assert sorted(listed - have) == [], "the README's library table names modules that do not exist"
