@@ -26,7 +26,7 @@ from hpr.evaluation.scoring import Request, score, score_full
 from hpr.householder import pseudo_rotate, reflect
 from hpr.lm.architectures import decoder_layers, fingerprint
 from hpr.lm.capture import run_capture
-from hpr.lm.graphs import GraphedEdit
+from hpr.lm.graphs import MAX_SEEN, GraphedEdit
 from hpr.lm.kv import cache_arg
 from hpr.lm.tiny import byte_tokenizer, tiny_llama
 from hpr.methods.diff import Diff
@@ -502,8 +502,6 @@ def test_graphed_edit_replays_recurring_shapes(device: str, dtype: torch.dtype) 
     """Same values as the eager edit for every call; on CUDA one graph per recurring few-row shape
     (captured at its second input, the least recently used dropped past ``max_graphs``), none for
     large inputs or inputs that need gradients; on the CPU never a graph."""
-    from hpr.lm.graphs import GraphedEdit
-
     torch.manual_seed(5)
     editor = HPR(64, angle_layers=2).to(device)
     eager = _eager_fn(editor)
@@ -670,3 +668,7 @@ def test_graphed_generate_and_scoring_replay_kept_graphs(monkeypatch: pytest.Mon
         graphed_scores = score(model, tok, reqs, batch_size=3, progress=False)
     assert _maxdiff(graphed_scores, eager_scores) < 1e-5
     assert all(len(g.graphs) <= g.max_graphs for g in eds._graphs.values())
+    one_off = _CPUGraphs(lambda x: x)
+    for n in range(1, 2000):  # shapes seen once are counted, up to a bound
+        one_off(torch.zeros(1, n % 250 + 1, n // 250 + 1))
+    assert 0 < len(one_off.seen) <= MAX_SEEN and not one_off.graphs

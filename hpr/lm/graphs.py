@@ -31,6 +31,8 @@ from hpr.lm.hooks import EditFn
 
 #: (shape, dtype, device, inference mode): tensors made in inference mode cannot be updated outside it
 _Key = tuple[tuple[int, ...], torch.dtype, torch.device, bool]
+#: At most this many shapes are counted towards ``min_seen`` at once.
+MAX_SEEN = 512
 
 
 class GraphedEdit:
@@ -88,6 +90,8 @@ class GraphedEdit:
         key: _Key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled())
         entry = self.graphs.get(key)
         if entry is None:
+            if len(self.seen) >= MAX_SEEN:  # many one-off shapes (scoring): forget the counts, stay small
+                self.seen.clear()
             self.seen[key] = self.seen.get(key, 0) + 1
             if self.seen[key] < self.min_seen:
                 return edit(x)
