@@ -18,7 +18,7 @@ kernel time of an eager step, the edit alone vs one decoder block at prefill (th
 reference 1.60x on an H100), and the agreement of our edit with the reference on the tokens it
 edits. ``targets`` says whether ``hpr`` or ``hpr_graphed`` is at most 3% over ``plain`` in each
 case (issue 15). Writes ``benchmarks/results/gpu.json`` (``--out``) with the device name;
-``benchmarks/gpu_table.py`` renders the README's table from it. About 5 minutes on an H100.
+``benchmarks/gpu_table.py`` renders the README's table from it; ``total_s`` in it is the run time.
 
 ``--tiny`` runs a small model on the CPU (or GPU if present) to check the script works; it
 writes ``benchmarks/results/gpu-tiny.json`` and its numbers mean nothing.

@@ -11,7 +11,7 @@
 #   3. benchmarks/gpu.py                    -> $OUT/gpu.json         (edit overheads; copy it to
 #      benchmarks/results/gpu.json and run `python benchmarks/gpu_table.py --write` here)
 # plus $OUT/session.txt (versions, each step's exit status and seconds) and the first failed notebook.
-# Exits 1 if any step failed. About 6 minutes on an H100-class machine.
+# Exits 1 if any step failed. At most 150 + 200 + 240 s plus the install (the steps' limits).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-session-out}
