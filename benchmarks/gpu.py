@@ -8,16 +8,18 @@ spaced layers and times, interleaved, medians over repeats:
     ``DECODE_STEPS`` steps inside one editing context, as ``generate()`` runs them (entering the
     context, which registers the hooks, is paid once per block; times are per step);
   - decode at batch 1, the same way;
-for ``plain`` (no hooks), ``hooks_only`` (hooks on the same blocks that return their input: the
-floor that Python hooks set), ``hpr`` (``EditorSet.apply``: geometry in float32, the angle network
+for ``plain`` (no hooks), ``hooks_only`` (hooks on the same blocks that return their input: what
+the hooks alone cost, about 1 microsecond of host time each, ``benchmarks/host_cost.py``), ``hpr`` (``EditorSet.apply``: geometry in float32, the angle network
 cast to the model's dtype), ``hpr_graphed`` (``apply(graphed=True)``: each few-row edit replayed
 from a CUDA graph, ``hpr.lm.graphs``), ``hpr_compiled`` (``torch.compile``) and ``reference`` (the
 paper's design, ``benchmarks/reference.py``: dense d x d fp32 Householder matrix per call, fp32
 angle network, diag_embed masks). Also the whole decode step captured in one CUDA graph, the GPU
 kernel time of an eager step, the edit alone vs one decoder block at prefill (the anchor:
-reference 1.60x on an H100), and the agreement of our edit with the reference on the tokens it
-edits. ``targets`` says whether ``hpr`` or ``hpr_graphed`` is at most 3% over ``plain`` in each
-case (issue 15). Writes ``benchmarks/results/gpu.json`` (``--out``) with the device name;
+reference 1.60x on an H100), the edit alone at decode shape timed once per call and back to back
+(the throughput a host-bound decode step sees, against one copy's launch), and the agreement of our
+edit with the reference on the tokens it edits. ``targets`` says whether ``hpr`` or ``hpr_graphed``
+is at most 3% over ``plain`` in each case (issue 15). Writes ``benchmarks/results/gpu.json`` (``--out``) with the device name, after
+every section (``"complete": false`` until the last, so a run cut short keeps what it measured);
 ``benchmarks/gpu_table.py`` renders the README's table from it; ``total_s`` in it is the run time.
 
 ``--tiny`` runs a small model on the CPU (or GPU if present) to check the script works; it
@@ -250,7 +252,9 @@ def kernel_time_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
     return total_us / 1e6 / calls
 
 
-def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
+def run(tiny: bool, repeats: int, k: int = 5, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The benchmark's results; ``save(partial)`` is called after each section (``"complete": False``
+    until the end), so that a run stopped by a time limit keeps the sections it finished."""
     from reference import ReferenceCall, reference_edit
 
     from hpr.lm.hooks import edit_block_outputs
@@ -308,6 +312,12 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         **summary(alternate({n: prefill(n) for n in kinds}, repeats, device)),
     }
 
+    def checkpoint() -> None:
+        if save is not None:
+            save({**result, "complete": False, "elapsed_s": time.perf_counter() - t_start})
+
+    checkpoint()
+
     dids = torch.randint(0, vocab, (dbatch, seq), generator=g).to(device)
     with torch.no_grad():
         logits = model(ids[:1], use_cache=False).logits
@@ -349,6 +359,7 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
         "steps_per_repeat": DECODE_STEPS,
         **summary(alternate({n: decode(n) for n in kinds}, repeats * 2, device), DECODE_STEPS),
     }
+    checkpoint()
     decode1 = decoder(dids[:1])
     decode1("hpr_compiled")()
     result["decode_batch1"] = {
@@ -360,6 +371,7 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     }
     # the graphs hpr_graphed kept per edited layer (0 on the CPU): its decode timings replayed them
     result["hpr_graphed_graphs"] = {str(i): len(g.graphs) for (i, _), g in es._graphs.items()}
+    checkpoint()
 
     # Decode as serving stacks run it: a StaticCache and the whole step in one CUDA graph, so the
     # host's per-kernel launch cost (which dominates the eager rows above) is gone. Plus the GPU
@@ -383,6 +395,7 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
             }
         except Exception as exc:  # noqa: BLE001
             result["decode_kernel_time"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        checkpoint()
 
     # The edit alone vs one decoder block (prefill shape), like the anchor's per-layer ratio.
     layer = es.selected[0]
@@ -430,6 +443,18 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
             device,
         )
     result["per_layer_decode_edit_median_s"] = {n: med(v) for n, v in t.items()}
+    # Back-to-back calls, synchronised only around each loop: per call, the larger of the host's
+    # launch time and the GPU's time, which is what an edit adds to a host-bound decode step.
+    # ``copy`` (one clone of the input: one launch) is the unit a launch costs.
+    loops = {
+        "copy": lambda: xd.clone(),
+        "hpr": lambda: ours_e.edit(xd),
+        "hpr_graphed": lambda: graphed_e(xd),
+    }
+    with torch.no_grad():
+        t = alternate({n: _loop(f, LOOP_CALLS) for n, f in loops.items()}, repeats, device)
+    result["per_layer_decode_edit_back_to_back_s"] = {n: med(v) / LOOP_CALLS for n, v in t.items()}
+    checkpoint()
     result["decode_cuda_graph"] = cuda_graph_check(ours_e, xd)
     # agreement of our path and the reference on this model's activations (bf16 output); x and -x,
     # so that about half of the tokens are negatives whatever side of the random probe they are on
@@ -450,9 +475,22 @@ def run(tiny: bool, repeats: int, k: int = 5) -> dict[str, Any]:
     result["targets"] = targets(result)
     result["total_s"] = time.perf_counter() - t_start
     result["note"] = "tiny CPU check, numbers meaningless" if tiny else "random weights from config"
+    result["complete"] = True
     if not math.isfinite(result["total_s"]):
         raise RuntimeError("timer failure")
     return result
+
+
+#: Calls per timed loop in ``per_layer_decode_edit_back_to_back_s``.
+LOOP_CALLS = 50
+
+
+def _loop(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
+    def f() -> None:
+        for _ in range(calls):
+            fn()
+
+    return f
 
 
 def _same(x: torch.Tensor) -> torch.Tensor:
@@ -488,10 +526,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    res = run(a.tiny, a.repeats)
     out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / ("gpu-tiny.json" if a.tiny else "gpu.json")
     from hpr import _files
 
+    res = run(a.tiny, a.repeats, save=lambda partial: _files.write_json(out, partial))
     _files.write_json(out, res)
     print(json.dumps(res, indent=2))
 

@@ -11,7 +11,8 @@
 #   3. benchmarks/gpu.py                    -> $OUT/gpu.json         (edit overheads; copy it to
 #      benchmarks/results/gpu.json and run `python benchmarks/gpu_table.py --write` here)
 # plus $OUT/session.txt (versions, each step's exit status and seconds) and the first failed notebook.
-# Exits 1 if any step failed. At most 150 + 200 + 240 s plus the install (the steps' limits).
+# Exits 1 if any step failed. At most 120 + 180 + 240 s plus the install (the steps' limits), inside the
+# device run's 600 s; gpu.py writes gpu.json after each section, so a cut-short run keeps what it measured.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-session-out}
@@ -42,8 +43,8 @@ step() {  # step NAME SECONDS FILE COMMAND...: run it, output to FILE and to the
   log "step $name: exit $rc in $(($(date +%s) - t0)) s"
   [ "$rc" -eq 0 ] || failed=1
 }
-step pytest-gpu 150 "$OUT/pytest_gpu.txt" "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
-step gpu-study 200 "$OUT/gpu_study.log" "$PY" benchmarks/gpu_study.py --work /tmp/hpr-gpu-study --out "$OUT/gpu_study.json"
+step pytest-gpu 120 "$OUT/pytest_gpu.txt" "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
+step gpu-study 180 "$OUT/gpu_study.log" "$PY" benchmarks/gpu_study.py --work /tmp/hpr-gpu-study --out "$OUT/gpu_study.json"
 for f in /tmp/hpr-gpu-study/study/book/notebooks/failed/*.ipynb; do
   [ -f "$f" ] && cp "$f" "$OUT/failed_$(basename "$f")" && break
 done

@@ -69,6 +69,11 @@ def render(res: dict[str, Any], source: str = "benchmarks/results/gpu.json") -> 
         cells = [f"{base * 1e3:.1f} ms" if base is not None else ""]
         cells += [f"{sec['overhead'][c]:+.1%}" if c in sec["overhead"] else "" for c in used]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if res.get("complete") is False:
+        lines += [
+            "",
+            f"Incomplete run, stopped after {res.get('elapsed_s', 0):.0f} s: the rows it did not reach are missing.",
+        ]
     targets = res.get("targets")
     if targets:
         met = [f"{case}: {t['overhead']:+.1%} ({t['best']})" for case, t in targets.items() if case != "target"]
