@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 PKGS=(
   # the project's transformers pin and the hub client it needs
   transformers==5.24.0 huggingface_hub==2.4.0 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
+  # peft as this project resolves it (the image's own version is unknown; LoRA needs one that knows
+  # transformers 5.24)
+  peft==0.21.2
   # papermill and a Jupyter kernel (part 3: the study's notebooks)
   papermill==2.7.0 entrypoints==0.4.2 tenacity==9.2.1 nbclient==0.11.0 nbformat==5.11.1
   fastjsonschema==2.22.3 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0

@@ -72,6 +72,7 @@ def _train(args: argparse.Namespace) -> int:
     from hpr.data import datasets as data
     from hpr.errors import ParameterError
     from hpr.lm.models import load_model
+    from hpr.lm.placement import model_device
     from hpr.methods import registry as methods
     from hpr.train import train_from_model
 
@@ -130,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
-        device=next(model.parameters()).device,
+        device=model_device(model),
         **methods.HPR_TRAIN_OPTIONS[args.method],
     )
     if args.method == "hpr-noangle":

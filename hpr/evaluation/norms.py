@@ -22,6 +22,7 @@ from hpr.errors import ParameterError
 from hpr.lm.architectures import num_layers
 from hpr.lm.hooks import record_block_outputs
 from hpr.lm.kv import pad_texts
+from hpr.lm.placement import model_device
 
 
 def edited_layers(method: Any, model: nn.Module) -> list[int]:
@@ -113,7 +114,7 @@ def norm_divergence(
     lay = list(layers) if layers is not None else edited_layers(method, model)
     if not lay:
         raise ParameterError(f"method {getattr(method, 'name', method)!r} edits no layer; nothing to measure")
-    device = next(model.parameters()).device
+    device = model_device(model)
     batches = []
     for s in range(0, len(prompts), batch_size):  # right padding, whatever the tokenizer's own side
         ids, mask = pad_texts(tokenizer, list(prompts[s : s + batch_size]), device)

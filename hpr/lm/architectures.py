@@ -136,9 +136,11 @@ def weights_digest(model: nn.Module) -> str:
 
     import torch
 
+    from hpr.lm.placement import parameter_values
+
     h = hashlib.sha256()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in parameter_values(model):  # offloaded parameters too (device_map)
             x = p.detach()
             stats = torch.stack([x.sum(dtype=torch.float64), x.float().pow(2).sum(dtype=torch.float64)])
             h.update(name.encode())

@@ -17,26 +17,20 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from hpr.errors import EditorError
 from hpr.lm.architectures import attn_out_proj, decoder_layers, num_layers
+from hpr.lm.placement import execution_device
 
 #: An edit maps activations ``(..., d)`` to activations of the same shape and dtype.
 EditFn = Callable[[Tensor], Tensor]
 
 
-def _device_of(module: nn.Module) -> torch.device | None:
-    for p in module.parameters():
-        return p.device
-    return None
-
-
 def _place(edit: EditFn, module: nn.Module) -> EditFn:
-    """Move an editor that is an ``nn.Module`` to the device of the block it edits."""
-    device = _device_of(module)
+    """Move an editor that is an ``nn.Module`` to the device the block it edits computes on."""
+    device = execution_device(module)
     if isinstance(edit, nn.Module) and device is not None:
         edit.to(device)
     return edit

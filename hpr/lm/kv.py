@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from hpr.errors import ModelError
+from hpr.lm.placement import model_device
 
 KV = list[tuple[Tensor, Tensor]]
 
@@ -51,10 +52,6 @@ def count_tokens(model: nn.Module) -> Iterator[TokenCount]:
         yield count
     finally:
         handle.remove()
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def sliding_window(model: nn.Module) -> int | None:

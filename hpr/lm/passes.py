@@ -20,6 +20,7 @@ from hpr.lm.kv import (
     new_cache,
     packed_inputs,
 )
+from hpr.lm.placement import model_device
 
 
 @dataclass
@@ -59,6 +60,13 @@ def fit_lengths(seqs: list[Seq], limit: int | None) -> None:
     logging.getLogger(__name__).warning(msg)
 
 
+def stack_layers(grabbed: dict[int, Tensor]) -> Tensor:
+    """The recorded outputs of each layer, in layer order, stacked ``(L, ...)`` on the first one's
+    device (a ``device_map`` may put the blocks on several devices)."""
+    outs = [grabbed[i] for i in sorted(grabbed)]
+    return torch.stack([h.to(outs[0].device) for h in outs])
+
+
 def run_shared_prompt(
     model: nn.Module, seqs: list[Seq], idx: list[int], pad: int, grabbed: dict[int, Tensor], extra: dict[str, Any]
 ) -> list[Tensor]:
@@ -66,7 +74,7 @@ def run_shared_prompt(
 
     Returns, per sequence in ``idx``, the answer-token outputs ``(L, a, d)``.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     prompt = torch.tensor([seqs[idx[0]].prompt], device=device)
     name = cache_arg(model)  # the KV-cache argument and output field of this transformers version
     out = model(input_ids=prompt, use_cache=True, **extra)
@@ -92,7 +100,7 @@ def run_shared_prompt(
         **{name: cache},
         **extra,
     )
-    h = torch.stack([grabbed[i] for i in sorted(grabbed)])  # (L, n, width, d)
+    h = stack_layers(grabbed)  # (L, n, width, d)
     return [h[:, r, : len(seqs[s].answer)] for r, s in enumerate(idx)]
 
 
@@ -101,7 +109,7 @@ def prefix_cache(model: nn.Module, prefix: list[int], extra: dict[str, Any]) -> 
     if not prefix:
         return None
     cache = new_cache(model, None, 1)
-    ids = torch.tensor([prefix], dtype=torch.long, device=next(model.parameters()).device)
+    ids = torch.tensor([prefix], dtype=torch.long, device=model_device(model))
     model(input_ids=ids, use_cache=True, **{cache_arg(model): cache}, **extra)
     return cache_entries(cache)
 
@@ -120,7 +128,7 @@ def run_packed(
     one prompt): the prompts after their common first ``n_prefix`` tokens (whose KV cache is
     ``prefix_kv``) as one right-padded batch, then every answer in one packed pass on that cache.
     Returns, per sequence of the group in order, the answer-token outputs ``(L, a, d)``."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     name = cache_arg(model)
     tails = [seqs[g[0]].prompt[n_prefix:] for g in group]
     width = max(len(p) for p in tails)
@@ -140,7 +148,7 @@ def run_packed(
         **{name: cache},
         **extra,
     )
-    h = torch.stack([grabbed[i] for i in sorted(grabbed)])  # (L, B, S, d)
+    h = stack_layers(grabbed)  # (L, B, S, d)
     res = []
     for b, g in enumerate(group):
         o = 0
@@ -177,7 +185,7 @@ def run_full(
     model: nn.Module, seqs: list[Seq], idx: list[int], pad: int, grabbed: dict[int, Tensor], extra: dict[str, Any]
 ) -> list[Tensor]:
     """Run whole sequences as one right-padded batch; per sequence the answer outputs ``(L, a, d)``."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     full = [seqs[s].prompt + seqs[s].answer for s in idx]
     width = max(len(t) for t in full)
     ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -187,7 +195,7 @@ def run_full(
         mask[r, : len(toks)] = 1
     grabbed.clear()
     model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
-    h = torch.stack([grabbed[i] for i in sorted(grabbed)])
+    h = stack_layers(grabbed)
     out = []
     for r, s in enumerate(idx):
         end, a = len(full[r]), len(seqs[s].answer)
@@ -195,4 +203,13 @@ def run_full(
     return out
 
 
-__all__ = ["Seq", "fit_lengths", "prefix_cache", "question_groups", "run_full", "run_packed", "run_shared_prompt"]
+__all__ = [
+    "Seq",
+    "fit_lengths",
+    "prefix_cache",
+    "question_groups",
+    "run_full",
+    "run_packed",
+    "run_shared_prompt",
+    "stack_layers",
+]

@@ -18,6 +18,7 @@ from hpr.errors import EditorError, ParameterError
 from hpr.lm.architectures import attn_out_proj, num_heads, num_layers
 from hpr.lm.hooks import record_attention_inputs
 from hpr.lm.kv import pad_texts
+from hpr.lm.placement import model_device
 
 
 def qa_text(question: str, answer: str) -> str:
@@ -49,10 +50,6 @@ def head_dim(model: nn.Module) -> int:
     return int(width) // h
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _no_logits(model: nn.Module) -> dict[str, Any]:
     """Forward kwargs that skip most of the LM head when the model supports it."""
     import inspect
@@ -72,14 +69,16 @@ def head_activations(
     if not texts:
         raise ParameterError("no texts to capture head activations from")
     n_layers, h, hd = num_layers(model), num_heads(model), head_dim(model)
-    device = _model_device(model)
+    device = model_device(model)
     out = torch.empty((len(texts), n_layers, h, hd), dtype=torch.float32)
     current: dict[str, Any] = {}
 
     def grab(layer: int, x: Tensor) -> None:
         rows = torch.arange(x.shape[0], device=x.device)
         start = current["start"]
-        out[start : start + x.shape[0], layer] = x[rows, current["last"]].float().reshape(x.shape[0], h, hd).cpu()
+        out[start : start + x.shape[0], layer] = (
+            x[rows, current["last"].to(x.device)].float().reshape(x.shape[0], h, hd).cpu()
+        )
 
     with record_attention_inputs(model, range(n_layers), on_input=grab):
         starts = range(0, len(texts), batch_size)

@@ -44,6 +44,7 @@ from hpr._extras import require
 from hpr.data.records import Record
 from hpr.errors import EditorError, ModelError, ParameterError
 from hpr.lm.architectures import fingerprint
+from hpr.lm.placement import model_device
 from hpr.methods.base import METHOD_FORMAT, check_fingerprint, read_method_config
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -251,7 +252,7 @@ def fit_lora(
     data = sft_examples(train, tokenizer, answers, prompt_format, seed, chat)
     vdata = sft_examples(val, tokenizer, answers, prompt_format, seed, chat) if val else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
+    device = model_device(model)
     per_epoch = math.ceil(len(data) / batch_size)
     steps = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
     if steps < 1:

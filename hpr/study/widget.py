@@ -30,6 +30,7 @@ from hpr.editor_set import EditorSet
 from hpr.errors import ParameterError
 from hpr.householder import angle_between, pseudo_rotate, reflect
 from hpr.lm.hooks import edit_block_outputs
+from hpr.lm.placement import model_device
 
 #: The one stylesheet ``to_jshtml`` links from a CDN (font-awesome); removed for offline use.
 _EXTERNAL_LINK = re.compile(r"<link[^>]*href=[\"']https?://[^\"']*[\"'][^>]*>\s*", re.I)
@@ -77,7 +78,7 @@ class RotationExplorer:
         self.top_tokens = top_tokens
         self._ids: list[Tensor] = []
         self._acts: dict[tuple[int, int], Tensor] = {}
-        device = next(model.parameters()).device
+        device = model_device(model)
         for e, text in enumerate(self.prompts):
             ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
             self._ids.append(ids)
