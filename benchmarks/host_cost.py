@@ -18,29 +18,27 @@ Prints JSON and writes it to ``benchmarks/results/host-cost.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
-from common import RESULTS, emit, median, setup_threads
+from common import RESULTS, alternate, emit, median, setup_threads
 
 ROUNDS = 21
 
 
 def per_call_us(fns: dict[str, Callable[[], Any]], calls: int) -> dict[str, list[float]]:
     """Microseconds per call of each function in each round: ``calls`` back-to-back calls per round,
-    rounds interleaved (order flipped every round), ``ROUNDS`` rounds after a warm-up."""
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(ROUNDS + 1):
-        for n in names if r % 2 == 0 else names[::-1]:
-            fn = fns[n]
-            t0 = time.perf_counter()
+    rounds interleaved (``common.alternate``), ``ROUNDS`` rounds after a warm-up."""
+
+    def loop(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
             for _ in range(calls):
                 fn()
-            if r:  # round 0 warms up
-                times[n].append((time.perf_counter() - t0) / calls * 1e6)
-    return times
+
+        return run
+
+    rounds = alternate({n: loop(f) for n, f in fns.items()}, ROUNDS)
+    return {n: [s / calls * 1e6 for s in v] for n, v in rounds.items()}
 
 
 def medians(times: dict[str, list[float]]) -> dict[str, float]:
