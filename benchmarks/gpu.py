@@ -200,25 +200,31 @@ def static_decode_step(
     model: Any, batch: int, seq: int, device: torch.device, g: torch.Generator, cache_kw: str
 ) -> Callable[[], Any]:
     """One decode step (``batch`` x 1 token) on a ``StaticCache`` that holds ``seq`` prompt tokens,
-    replayable and capturable in a CUDA graph. Where the model takes ``cache_position`` (older
-    transformers) every call rewrites slot ``seq``; otherwise the cache advances its own position
-    on the device, so it gets room for 1024 more tokens."""
+    replayable and capturable in a CUDA graph. Every call writes slot ``seq`` (the cache holds
+    ``seq + 1``), so any number of replays attends over the same context: where the model takes
+    ``cache_position`` (older transformers) the call says so; otherwise the cache advances its own
+    position on the device and the step rewinds it after the forward, one fused launch that a
+    graph captures with the step."""
     import inspect
 
     from transformers import StaticCache
 
     vocab = model.config.vocab_size
     explicit = "cache_position" in inspect.signature(model.forward).parameters
-    cache = StaticCache(config=model.config, max_cache_len=seq + (1 if explicit else 1024))
+    cache = StaticCache(config=model.config, max_cache_len=seq + 1)
     prompt = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
     pre = {"cache_position": torch.arange(seq, device=device)} if explicit else {}
     with torch.no_grad():
         model(prompt, **{cache_kw: cache}, **pre, use_cache=True)
     nxt = torch.randint(0, vocab, (batch, 1), generator=g).to(device)
     kw = {"cache_position": torch.tensor([seq], device=device)} if explicit else {}
+    lengths = [] if explicit else [layer.cumulative_length for layer in cache.layers]
 
     def step() -> Any:
-        return model(nxt, **{cache_kw: cache}, **kw, use_cache=True).logits
+        logits = model(nxt, **{cache_kw: cache}, **kw, use_cache=True).logits
+        if lengths:
+            torch._foreach_sub_(lengths, 1)
+        return logits
 
     return step
 

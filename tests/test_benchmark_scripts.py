@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -62,3 +63,24 @@ def test_host_cost_benchmark() -> None:
     for counts in ops.values():
         # the edit stays a few dozen operations (each a kernel launch at decode on a GPU)
         assert 20 <= counts["non_view_ops"] <= 32 and counts["ops"] > counts["non_view_ops"]
+
+
+def test_static_decode_step_rewrites_one_slot() -> None:
+    """The CUDA-graph decode row replays one step many times: each call must write the same cache
+    slot (a cache that advanced would overflow its ``seq + 1`` slots after one call) and give the
+    logits a dynamic-cache decode of the same tokens gives."""
+    gpu = _script("gpu")
+    device = torch.device("cpu")
+    model = gpu.build(True, device, torch.float32)
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    seq, batch = 12, 3
+    step = gpu.static_decode_step(model, batch, seq, device, torch.Generator().manual_seed(5), cache_kw)
+    with torch.no_grad():
+        runs = [step() for _ in range(4)]
+    assert all(torch.equal(r, runs[0]) for r in runs[1:])
+    g = torch.Generator().manual_seed(5)  # the same draws as the step: prompt, then next token
+    prompt = torch.randint(0, model.config.vocab_size, (batch, seq), generator=g)
+    nxt = torch.randint(0, model.config.vocab_size, (batch, 1), generator=g)
+    with torch.no_grad():
+        want = model(torch.cat([prompt, nxt], dim=1), use_cache=False).logits[:, -1:]
+    torch.testing.assert_close(runs[0], want, rtol=1e-4, atol=1e-4)

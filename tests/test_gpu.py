@@ -525,21 +525,15 @@ def test_device_map_split_follows_each_block(device: str, tmp_path) -> None:
 def test_offloaded_blocks(device: str, tmp_path) -> None:
     """Blocks 2-3 offloaded, as a ``device_map`` does with a model too large for the GPU: their
     parameters sit on the meta device and accelerate brings the weights in at each forward (on CUDA:
-    ``load_model(device_map=...)`` with those blocks on ``"cpu"``; here: ``"disk"`` with the CPU as
-    main device, the only offload a CPU-only machine has). Inputs go to the execution device, the
-    weights digest (cache keys) reads the kept weights, and everything equals the model on one
-    device."""
-    from accelerate import dispatch_model
-
+    ``load_model(device_map=...)`` with those blocks on ``"cpu"``; here: on ``"disk"``, the only
+    offload a CPU-only machine has). Inputs go to the execution device, the weights digest (cache
+    keys) reads the kept weights, and everything equals the model on one device."""
     from hpr.lm.architectures import weights_digest
     from hpr.lm.models import load_model
 
     path = _saved_tiny(tmp_path)
-    if device == "cuda":
-        split, _ = load_model(path, device_map=_device_map(0, "cpu"), dtype="float32")
-    else:
-        split, _ = load_model(path, device="cpu", dtype="float32")
-        split = dispatch_model(split, _device_map("cpu", "disk"), main_device="cpu", offload_dir=str(tmp_path / "off"))
+    rest = "cpu" if device == "cuda" else "disk"
+    split, _ = load_model(path, device_map=_device_map(0 if device == "cuda" else "cpu", rest), dtype="float32")
     ref, _ = load_model(path, device="cpu", dtype="float32")
     assert next(decoder_layers(split)[2].parameters()).device.type == "meta"
     assert model_device(split).type == device

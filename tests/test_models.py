@@ -215,3 +215,44 @@ def test_load_model_device_map_passes_through(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ParameterError, match="needs the accelerate package"):
         load_model(str(tmp_path / "ckpt"), device_map="auto")
+
+
+def test_load_model_offloads_blocks_to_disk(tmp_path: Path) -> None:
+    """A ``device_map`` with blocks on ``"disk"``: a safetensors checkpoint is read where it lies; a
+    pickled ``.bin`` one needs ``offload_folder`` (a clear error names it), where the weights go;
+    either way the logits are the model's, bit for bit."""
+    ref = _save_tiny(tmp_path / "safe")
+    _save_tiny(tmp_path / "bin")
+    (tmp_path / "bin" / "model.safetensors").unlink()
+    torch.save(ref.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    dmap = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "disk", "lm_head": "cpu"}
+    dmap |= {f"model.layers.{i}": "disk" if i >= 2 else "cpu" for i in range(4)}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        want = ref(ids).logits
+    safe, _ = load_model(str(tmp_path / "safe"), device_map=dmap, dtype="float32")
+    with pytest.raises(ParameterError, match="offload folder .*--offload-folder DIR"):
+        load_model(str(tmp_path / "bin"), device_map=dmap, dtype="float32")
+    pickled, _ = load_model(str(tmp_path / "bin"), device_map=dmap, dtype="float32", offload_folder=tmp_path / "off")
+    assert any((tmp_path / "off").glob("model.layers.2.*.safetensors"))
+    for model in (safe, pickled):
+        assert next(model.model.layers[2].parameters()).device.type == "meta"
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, want, rtol=0, atol=0)
+    with pytest.raises(ParameterError, match="only used with a device_map"):
+        load_model(str(tmp_path / "safe"), offload_folder=tmp_path / "off")
+
+
+def test_cli_model_options_reach_load_model() -> None:
+    """``--device-map`` (a name or JSON) and ``--offload-folder`` become ``load_model`` keywords."""
+    from hpr.cli import build_parser
+    from hpr.cli.common import model_kwargs
+
+    args = build_parser().parse_args(
+        ["eval", "--model", "m", "--dataset", "truthfulqa", "--device-map", '{"": "cpu"}', "--offload-folder", "off"]
+    )
+    assert model_kwargs(args) == {"device": "auto", "dtype": None, "device_map": {"": "cpu"}, "offload_folder": "off"}
+    with pytest.raises(ParameterError, match="not valid JSON"):
+        model_kwargs(
+            build_parser().parse_args(["eval", "--model", "m", "--dataset", "truthfulqa", "--device-map", "{x"])
+        )

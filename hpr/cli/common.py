@@ -14,7 +14,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--dtype``, ``--device-map`` (read back by ``model_kwargs``)."""
+    """``--device``, ``--dtype``, ``--device-map``, ``--offload-folder`` (read back by ``model_kwargs``)."""
     p.add_argument(
         "--device",
         default="auto",
@@ -31,6 +31,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="spread a model larger than one GPU over the visible devices (accelerate): "
         "auto, balanced, sequential or a JSON dict; replaces --device",
     )
+    p.add_argument(
+        "--offload-folder",
+        default=None,
+        metavar="DIR",
+        help="with --device-map: where blocks mapped to the disk keep their weights",
+    )
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,7 +52,12 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 f"--device-map {args.device_map!r} is not valid JSON ({exc}); "
                 "write e.g. --device-map '{\"\": 0}' or --device-map auto"
             ) from exc
-    return {"device": args.device, "dtype": args.dtype, "device_map": device_map}
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "device_map": device_map,
+        "offload_folder": args.offload_folder,
+    }
 
 
 def add_data_options(p: argparse.ArgumentParser, seed_help: str = "split seed (default: 0)") -> None:

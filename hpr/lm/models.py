@@ -335,6 +335,7 @@ def load_model(
     device: str | torch.device | None = "auto",
     dtype: torch.dtype | str | None = None,
     device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
     trust_remote_code: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Any, Any]:
@@ -345,6 +346,7 @@ def load_model(
     ``cpu``, ``cuda[:N]`` or ``mps``. ``dtype``: default bfloat16 on CUDA, float32 elsewhere.
     ``device_map`` (e.g. ``"auto"``, needs ``accelerate``) spreads a model larger than one GPU
     over the visible devices: it is passed to ``from_pretrained`` and the model is not moved.
+    ``offload_folder``: where blocks that a ``device_map`` puts on ``"disk"`` keep their weights.
     """
     dev = resolve_device(device) if device_map is None else None
     dtype = resolve_dtype(dtype, dev if dev is not None else "auto")
@@ -360,10 +362,19 @@ def load_model(
     if local:
         kw["local_files_only"] = True
     placement = {"device_map": device_map} if device_map is not None else {}
+    if offload_folder is not None:
+        if device_map is None:
+            raise ParameterError("offload_folder is only used with a device_map; pass device_map='auto' or a dict")
+        placement["offload_folder"] = str(offload_folder)
     try:
         tok: Any = AutoTokenizer.from_pretrained(source, **kw)
         model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement, **kw)
     except (OSError, ValueError, KeyError) as exc:
+        if "offload_folder" in str(exc):
+            raise ParameterError(
+                f"the device_map puts some of {spec!r} on the disk; pass an offload folder "
+                "(load_model(..., offload_folder=DIR), --offload-folder DIR) or fit it on the devices"
+            ) from exc
         raise ModelError(
             f"could not load model {spec!r} from {source} ({type(exc).__name__}: {_one_line(exc)}); check "
             "that it "
