@@ -36,3 +36,17 @@ def test_meta_parameters_without_weights_are_refused() -> None:
     assert execution_device(model) is None and model_device(model) == torch.device("cpu")
     with pytest.raises(ModelError, match="meta device and no accelerate hook"):
         dict(parameter_values(model))
+
+
+def test_placement_kwargs_checks_before_loading(tmp_path) -> None:
+    from hpr.errors import ParameterError
+    from hpr.lm.placement import placement_kwargs
+
+    assert placement_kwargs(None, None) == {}
+    assert placement_kwargs("auto", None) == {"device_map": "auto"}
+    assert placement_kwargs("auto", tmp_path / "new") == {"device_map": "auto", "offload_folder": str(tmp_path / "new")}
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ParameterError, match="is a file; pass a folder"):
+        placement_kwargs("auto", tmp_path / "file")
+    with pytest.raises(ParameterError, match="only used with a device_map"):
+        placement_kwargs(None, tmp_path)

@@ -28,6 +28,7 @@ from hpr._extras import require
 from hpr._files import cache_dir, file_sha256, write_json
 from hpr._hub import hub_reachable
 from hpr.errors import ModelError, ParameterError
+from hpr.lm.placement import placement_kwargs
 
 
 @dataclass(frozen=True)
@@ -350,22 +351,13 @@ def load_model(
     """
     dev = resolve_device(device) if device_map is None else None
     dtype = resolve_dtype(dtype, dev if dev is not None else "auto")
-    if device_map is not None and importlib.util.find_spec("accelerate") is None:
-        raise ParameterError(
-            f"device_map={device_map!r} needs the accelerate package; "
-            "`pip install accelerate`, or pass a single device instead"
-        )
+    placement = placement_kwargs(device_map, offload_folder)
     source, local = _resolve(spec, progress)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if local:
         kw["local_files_only"] = True
-    placement = {"device_map": device_map} if device_map is not None else {}
-    if offload_folder is not None:
-        if device_map is None:
-            raise ParameterError("offload_folder is only used with a device_map; pass device_map='auto' or a dict")
-        placement["offload_folder"] = str(offload_folder)
     try:
         tok: Any = AutoTokenizer.from_pretrained(source, **kw)
         model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement, **kw)

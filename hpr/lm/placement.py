@@ -1,5 +1,5 @@
-"""Where a model's tensors are: the device its inputs go to, the device a module computes on, and the
-values of parameters that accelerate offloaded.
+"""Where a model's tensors are: the keywords that place it at load time, the device its inputs go to,
+the device a module computes on, and the values of parameters that accelerate offloaded.
 
 A ``device_map`` spreads a model over devices. Entries ``"cpu"`` beside a GPU, and ``"disk"``
 entries, are *offloaded*: their parameters sit on the meta device (no data), and accelerate's hooks
@@ -10,13 +10,36 @@ hooks instead.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hpr.errors import ModelError
+from hpr.errors import ModelError, ParameterError
+
+
+def placement_kwargs(device_map: str | dict[str, Any] | None, offload_folder: str | Path | None) -> dict[str, Any]:
+    """The ``from_pretrained`` keywords that place a model with ``device_map`` (``{}`` without one),
+    checked before any weight is read: accelerate installed, ``offload_folder`` a folder or new."""
+    if device_map is None:
+        if offload_folder is not None:
+            raise ParameterError("offload_folder is only used with a device_map; pass device_map='auto' or a dict")
+        return {}
+    if importlib.util.find_spec("accelerate") is None:
+        raise ParameterError(
+            f"device_map={device_map!r} needs the accelerate package; "
+            "`pip install accelerate`, or pass a single device instead"
+        )
+    if offload_folder is None:
+        return {"device_map": device_map}
+    if Path(offload_folder).exists() and not Path(offload_folder).is_dir():
+        raise ParameterError(
+            f"offload_folder {str(offload_folder)!r} is a file; pass a folder (it is created if missing)"
+        )
+    return {"device_map": device_map, "offload_folder": str(offload_folder)}
 
 
 def _hooks(module: nn.Module) -> list[Any]:
