@@ -43,12 +43,12 @@ from hpr.lm.kv import (
     cache_entries,
     common_prefix,
     max_positions,
-    model_device,
     new_cache,
     packed_inputs,
     pad_rows,
     sliding_window,
 )
+from hpr.lm.placement import model_device
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from hpr.errors import ModelError
-from hpr.lm.placement import model_device
 
 KV = list[tuple[Tensor, Tensor]]
 
@@ -192,7 +191,6 @@ __all__ = [
     "common_prefix",
     "count_tokens",
     "max_positions",
-    "model_device",
     "new_cache",
     "packed_inputs",
     "pad_rows",

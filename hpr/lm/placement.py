@@ -102,4 +102,4 @@ def parameter_values(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
             )
 
 
-__all__ = ["execution_device", "model_device", "parameter_values"]
+__all__ = ["execution_device", "model_device", "parameter_values", "placement_kwargs"]
