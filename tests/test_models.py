@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -241,6 +242,44 @@ def test_load_model_offloads_blocks_to_disk(tmp_path: Path) -> None:
             torch.testing.assert_close(model(ids).logits, want, rtol=0, atol=0)
     with pytest.raises(ParameterError, match="only used with a device_map"):
         load_model(str(tmp_path / "safe"), offload_folder=tmp_path / "off")
+
+
+def test_study_offloads_to_a_folder_it_removes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study's ``device_map``: disk blocks of a pickled checkpoint go to a fresh folder under
+    ``cache_dir()/offload``, removed when the model is freed, and at once when loading fails."""
+    import gc
+
+    from hpr import _files
+    from hpr.study import store
+
+    ref = _save_tiny(tmp_path / "bin")
+    (tmp_path / "bin" / "model.safetensors").unlink()
+    torch.save(ref.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    dmap = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    dmap |= {f"model.layers.{i}": "disk" if i >= 2 else "cpu" for i in range(4)}
+    real = models.load_model
+    seen: list[Path] = []
+
+    def disk_blocks(spec: str, **kw: Any) -> tuple[Any, Any]:  # "auto" puts nothing on disk here
+        seen.append(Path(kw["offload_folder"]))
+        return real(spec, **{**kw, "device_map": dmap if kw["device_map"] == "auto" else kw["device_map"]})
+
+    monkeypatch.setattr(models, "load_model", disk_blocks)
+    store._load.cache_clear()
+    model, _ = store._load(str(tmp_path / "bin"), "auto", "float32", "auto")
+    assert seen[0].parent == _files.cache_dir() / "offload"
+    assert any(seen[0].glob("model.layers.2.*.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.tensor([[5, 6, 7]])).logits, ref(torch.tensor([[5, 6, 7]])).logits)
+    store._load.cache_clear()
+    del model
+    gc.collect()
+    assert not seen[0].exists()
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError):
+        store._load(str(tmp_path / "bin"), "auto", "float32", "auto")
+    assert not seen[1].exists()
+    store._load.cache_clear()
 
 
 def test_cli_model_options_reach_load_model() -> None:

@@ -147,13 +147,30 @@ def _tiny_dir() -> Path:
 
 @lru_cache(maxsize=2)
 def _load(name: str, device: str, dtype: str | None, device_map: str | None = None) -> tuple[nn.Module, Any]:
+    """With a ``device_map``, blocks it puts on the disk keep their weights in a fresh folder under
+    ``cache_dir()/offload`` (only checkpoints that are not safetensors write there), removed when
+    the model is freed or the process ends."""
     from hpr.lm.models import load_model
 
     if name == TINY:
         model, tok = load_model(str(_tiny_dir()), device=device, dtype=dtype)
         model.hpr_name = TINY
         return model, tok
-    return load_model(name, device=device, dtype=dtype, device_map=device_map)
+    if device_map is None:
+        return load_model(name, device=device, dtype=dtype)
+    import shutil
+    import tempfile
+    import weakref
+
+    (_files.cache_dir() / "offload").mkdir(exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=f"{slug(name)}.", dir=_files.cache_dir() / "offload")
+    try:
+        model, tok = load_model(name, device=device, dtype=dtype, device_map=device_map, offload_folder=folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    weakref.finalize(model, shutil.rmtree, folder, True)
+    return model, tok
 
 
 def get_model(name: str) -> tuple[nn.Module, Any]:
