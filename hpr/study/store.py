@@ -162,8 +162,9 @@ def _load(name: str, device: str, dtype: str | None, device_map: str | None = No
     import tempfile
     import weakref
 
-    (_files.cache_dir() / "offload").mkdir(exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=f"{slug(name)}.", dir=_files.cache_dir() / "offload")
+    offload = _files.cache_dir() / "offload"
+    offload.mkdir(exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=f"{slug(name)}.", dir=offload)
     try:
         model, tok = load_model(name, device=device, dtype=dtype, device_map=device_map, offload_folder=folder)
     except BaseException:
