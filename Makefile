@@ -38,15 +38,14 @@ book: run html
 
 test: install
 	$(BIN)/hpr fetch --models smollm2-135m-instruct --no-data
-	HPR_DATA_DIR= $(BIN)/hpr fetch --no-models  # the BIG-bench sdist: its own formatter is a test oracle
 	$(BIN)/python -m pytest -q
 
 bench: fetch
 	$(BIN)/python benchmarks/run_all.py
 
 lint: install
-	$(BIN)/ruff check hpr tests benchmarks
-	$(BIN)/ruff format --check hpr tests benchmarks
+	$(BIN)/ruff check hpr tests benchmarks tools
+	$(BIN)/ruff format --check hpr tests benchmarks tools
 	$(BIN)/mypy
 
 clean:

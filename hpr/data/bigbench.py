@@ -1,38 +1,35 @@
-"""BIG-bench task files: fetching them (the ``bigbench==1.0.0`` sdist from PyPI, sha256-checked,
-only the needed members extracted, no path traversal, no links) and BIG-bench's default
-multiple-choice prompt formatting (``format_mc_input``), as lm-eval scores it."""
+"""BIG-bench task files: the copy hpr carries (the task files of the ``bigbench==1.0.0`` sdist,
+unmodified, sha256-checked when extracted into the cache) and BIG-bench's default multiple-choice
+prompt formatting (``format_mc_input``), as lm-eval scores it."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import io
+import lzma
 import re
 import shutil
 import tarfile
-import tempfile
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hpr._files import cache_dir, write_bytes, write_json
+from hpr._files import cache_dir, write_bytes, write_json, write_text
 from hpr.data.sources import Item, Parsed, confined
 from hpr.data.sources import _add as add_item
 from hpr.errors import DataError
 
 BIGBENCH_VERSION = "1.0.0"
+#: sha256 of ``bigbench-1.0.0.tar.gz``, the sdist the carried task files were taken from.
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
-_BB_PREFIX = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/"
+#: The task files hpr needs, as paths under the sdist's ``bigbench/benchmark_tasks``.
 _BB_WANTED = re.compile(
     r"^(truthful_qa/(questions|task_mc)\.json|simple_ethical_questions/task\.json"
     r"|bbq_lite_json/[a-z_]+_(ambig|disambig)/task\.json)$"
 )
 _DONE = ".hpr_complete.json"
-#: BIG-bench's formatter, kept beside the task files (``<cache>/api/json_task.py``) for checks.
-_BB_FORMATTER = f"bigbench-{BIGBENCH_VERSION}/bigbench/api/json_task.py"
 
 #: ``JsonTask`` defaults of ``bigbench/api/json_task.py`` (bigbench 1.0.0), used by BBQ-lite and SEQ.
 INPUT_PREFIX = "\nQ: "
@@ -77,101 +74,103 @@ def question_of(inputs: str) -> str:
     return inputs
 
 
-# ---------------------------------------------------------------- fetching BIG-bench
+# ---------------------------------------------------------------- the carried task files
 def bigbench_cache() -> Path:
     """Where the extracted BIG-bench task files live (``cache_dir()/data/bigbench-1.0.0``)."""
     return cache_dir() / "data" / f"bigbench-{BIGBENCH_VERSION}"
 
 
-def _index_url() -> str:
-    return (os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+#: The task files hpr carries: BIG-bench 1.0.0's, unmodified (Apache-2.0, licence beside them),
+#: in a deterministic tar.xz (``pack_tasks``), with one ``sha256  path`` line per file.
+TASKS_ARCHIVE = Path(__file__).resolve().parent / "data_files" / f"bigbench-{BIGBENCH_VERSION}-tasks.tar.xz"
+TASKS_MANIFEST = TASKS_ARCHIVE.with_name(f"bigbench-{BIGBENCH_VERSION}-tasks.sha256")
 
 
-def _sdist_url() -> str:
-    name = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
-    req = urllib.request.Request(f"{_index_url()}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        index = json.load(r)
-    for f in index.get("files", []):
-        if f.get("filename") == name:
-            return str(f["url"])
-    raise DataError(f"{name} is not listed by {_index_url()}; set PIP_INDEX_URL to a PyPI mirror that has it")
+def task_manifest(path: Path = TASKS_MANIFEST) -> dict[str, str]:
+    """Task file (path relative to ``benchmark_tasks``) -> sha256 (hex), from a ``sha256sum`` list."""
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            digest, rel = line.split(maxsplit=1)
+            out[rel.strip()] = digest
+    return out
 
 
-def fetch_bigbench(progress: Callable[[str], None] | None = None) -> Path:
-    """Download the ``bigbench==1.0.0`` sdist from PyPI, verify its sha256, extract only the needed
-    task files into ``bigbench_cache()/bigbench`` and return that folder. Reruns are no-ops.
+def bigbench_tasks(progress: Callable[[str], None] | None = None) -> Path:
+    """The BIG-bench task folder: the task files hpr carries (``TASKS_ARCHIVE``), extracted once
+    into ``bigbench_cache()/bigbench``, each checked against its sha256. Reruns are no-ops.
 
-    ``pip download`` cannot fetch this sdist (pip rejects its direct-URL dependency while preparing
-    metadata), so the file is read from the PyPI simple index (PEP 691) that pip itself uses.
+    PyPI no longer serves the ``bigbench==1.0.0`` sdist these files come from, so the package
+    carries them (12 MB as JSON, 0.3 MB compressed); the manifest's hashes were taken from the
+    sdist (whose sha256 is ``BIGBENCH_SHA256``).
     """
-    say = progress or (lambda s: None)
     dest = bigbench_cache()
     if (dest / _DONE).is_file():
         return dest / "bigbench"
-    from tqdm.auto import tqdm
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".bigbench-", suffix=".tar.gz", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        try:
-            url = _sdist_url()
-            say(f"downloading {url}")
-            h = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as out:
-                total = int(r.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc="bigbench sdist") as bar:
-                    while block := r.read(1 << 20):
-                        out.write(block)
-                        h.update(block)
-                        bar.update(len(block))
-        except OSError as exc:
-            raise DataError(
-                f"cannot download bigbench=={BIGBENCH_VERSION} from {_index_url()} ({exc}); check the "
-                "network or PIP_INDEX_URL, or pass --data-dir / HPR_DATA_DIR with the task files"
-            ) from exc
-        if h.hexdigest() != BIGBENCH_SHA256:
-            raise DataError(
-                f"bigbench sdist sha256 {h.hexdigest()} != expected {BIGBENCH_SHA256}; "
-                "the download is corrupt or tampered: rerun `hpr fetch`"
-            )
-        say(f"sha256 verified; extracting task files into {dest}")
-        n = extract_bigbench(tmp, dest)
-        write_json(dest / _DONE, {"sha256": BIGBENCH_SHA256, "files": n})
-    finally:
-        tmp.unlink(missing_ok=True)
+    if progress is not None:
+        progress(f"extracting the BIG-bench {BIGBENCH_VERSION} task files hpr carries into {dest}")
+    manifest = task_manifest()
+    extract_tasks(TASKS_ARCHIVE, dest / "bigbench", manifest)
+    write_json(dest / _DONE, {"source": TASKS_ARCHIVE.name, "files": manifest})
     return dest / "bigbench"
 
 
-def extract_bigbench(tarball: Path, dest: Path) -> int:
-    """Extract the needed BIG-bench members of ``tarball`` under ``dest/bigbench`` (regular files
-    only, names checked against a whitelist, so no path traversal), and BIG-bench's formatter
-    ``api/json_task.py`` as ``dest/api/json_task.py``. Returns the number of task files written."""
-    n = 0
+def extract_tasks(archive: Path, dest: Path, manifest: Mapping[str, str]) -> int:
+    """Extract the files of ``manifest`` from ``archive`` (a tar.xz) into ``dest``:
+    regular files only, names exactly the manifest's, each checked against its sha256; anything else
+    in the archive is ignored. On any failure ``dest`` is removed. Returns the number of files."""
+    seen: set[str] = set()
     try:
-        with tarfile.open(tarball, "r:gz") as tar:
+        with tarfile.open(archive, "r:xz") as tar:
             for m in tar:
-                if m.name == _BB_FORMATTER and m.isfile() and (fh := tar.extractfile(m)) is not None:
-                    write_bytes(confined(dest, "api/json_task.py"), fh.read())
+                if m.name not in manifest or not m.isfile() or (fh := tar.extractfile(m)) is None:
                     continue
-                if not m.name.startswith(_BB_PREFIX) or not m.isfile():
-                    continue
-                rel = m.name[len(_BB_PREFIX) :]
-                if not _BB_WANTED.match(rel) or ".." in rel.split("/"):
-                    continue
-                fh = tar.extractfile(m)
-                if fh is None:
-                    continue
-                write_bytes(confined(dest / "bigbench", rel), fh.read())
-                n += 1
+                blob = fh.read()
+                if (got := hashlib.sha256(blob).hexdigest()) != manifest[m.name]:
+                    raise DataError(
+                        f"{archive.name}: {m.name} has sha256 {got}, expected {manifest[m.name]}; the hpr "
+                        "installation is damaged: reinstall hpr, or pass --data-dir / HPR_DATA_DIR with "
+                        "the task files"
+                    )
+                write_bytes(confined(dest, m.name), blob)
+                seen.add(m.name)
+        if missing := sorted(set(manifest) - seen):
+            raise DataError(
+                f"{archive.name} lacks {len(missing)} task files ({', '.join(missing[:3])}, ...); the hpr "
+                "installation is damaged: reinstall hpr, or pass --data-dir / HPR_DATA_DIR with the task files"
+            )
     except (tarfile.TarError, EOFError, OSError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        raise DataError(f"cannot read {tarball} ({exc}); delete it and rerun `hpr fetch`") from exc
-    if n == 0:
-        raise DataError(f"{tarball} holds none of the BIG-bench task files; is it bigbench-{BIGBENCH_VERSION}?")
-    return n
+        raise DataError(f"cannot read {archive} ({exc}); reinstall hpr, or pass --data-dir / HPR_DATA_DIR") from exc
+    except DataError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return len(seen)
+
+
+def pack_tasks(src: Path, archive: Path, manifest: Path) -> dict[str, str]:
+    """Write the BIG-bench task files under ``src`` (a ``benchmark_tasks`` folder, e.g. of the
+    sdist) that hpr needs into ``archive`` (tar.xz; same bytes for the same files: sorted, no
+    times or owners) and their ``sha256sum`` list into ``manifest``. Returns that list."""
+    rels = sorted(
+        p.relative_to(src).as_posix()
+        for p in src.rglob("*.json")
+        if p.is_file() and _BB_WANTED.match(p.relative_to(src).as_posix())
+    )
+    if not rels:
+        raise DataError(f"{src} holds none of the BIG-bench task files; pass the benchmark_tasks folder")
+    sums: dict[str, str] = {}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in rels:
+            blob = (src / rel).read_bytes()
+            sums[rel] = hashlib.sha256(blob).hexdigest()
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode, info.mtime = len(blob), 0o644, 0
+            tar.addfile(info, io.BytesIO(blob))
+    write_bytes(archive, lzma.compress(buf.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+    write_text(manifest, "".join(f"{sums[rel]}  {rel}\n" for rel in rels))
+    return sums
 
 
 # ---------------------------------------------------------------- hub rows (hails/bigbench)

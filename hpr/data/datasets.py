@@ -6,7 +6,7 @@
 ``data_dir`` or ``$HPR_DATA_DIR``):
 
 - ``bigbench`` (default): BIG-bench task files from ``<data_dir>/bigbench`` (or the folder
-  itself), else downloaded once from PyPI (``bigbench==1.0.0`` sdist, sha256-checked).
+  itself), else the copy hpr carries (the ``bigbench==1.0.0`` sdist's files, sha256-checked).
   TruthfulQA here is BIG-bench's 299-question subset; MC1 is ``task_mc.json``'s set (TruthfulQA's
   ``mc1_targets``) when that file is present, MC2 ``questions.json``'s true + false answers.
 - ``hub`` (the paper's data): ``truthful_qa``/``multiple_choice``/``validation`` (817 questions),
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpr.data.bigbench import fetch_bigbench
+from hpr.data.bigbench import bigbench_tasks
 from hpr.data.hub import from_hub
 from hpr.data.prompts import TOXIGEN_PROMPT
 from hpr.data.records import DATASETS, Record
@@ -206,7 +206,7 @@ def load_dataset(name: str, *, source: str | None = None, data_dir: str | os.Pat
     elif src == "local":
         parsed, origin = _from_local(name, root)
     else:
-        bb = bigbench_dir(root) if root is not None else fetch_bigbench()
+        bb = bigbench_dir(root) if root is not None else bigbench_tasks()
         parsed, origin = _from_bigbench(name, bb), str(bb)
     if not parsed.items:
         raise DataError(

@@ -1,5 +1,5 @@
-"""Raw data files: locating them safely and parsing each original format (fetching the
-BIG-bench sdist is ``hpr.data.bigbench``).
+"""Raw data files: locating them safely and parsing each original format (the BIG-bench
+task files hpr carries are ``hpr.data.bigbench``).
 
 Parsers return plain ``Item`` tuples in file order; ``hpr.data.datasets`` turns them into Records and
 splits. Every problem raises ``DataError`` naming the file and the fix.
@@ -72,7 +72,7 @@ def bigbench_dir(data_dir: Path) -> Path:
     raise DataError(
         f"{root} holds no BIG-bench tasks (expected bigbench/truthful_qa, bigbench/bbq_lite_json, ... "
         "or those folders directly); point --data-dir / HPR_DATA_DIR at such a folder, or omit it "
-        "to download BIG-bench from PyPI"
+        "to use the BIG-bench task files hpr carries"
     )
 
 
