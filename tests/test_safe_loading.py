@@ -4,6 +4,7 @@ confined to the data directory."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import inspect
 import io as _io
 import json
@@ -197,23 +198,36 @@ def test_local_file_inside_dir_is_read(tmp_path: Path) -> None:
 
 
 def test_bigbench_tarball_cannot_write_outside(tmp_path: Path) -> None:
-    prefix = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-    tarball = tmp_path / "bb.tar.gz"
+    tarball = tmp_path / "bb.tar.xz"
     good = json.dumps({"examples": []}).encode()
-    with tarfile.open(tarball, "w:gz") as tar:
-        for name in (
-            prefix + "truthful_qa/questions.json",
-            prefix + "../../../../evil.json",
-            prefix + "truthful_qa/../../../evil2.json",
-            "/abs/evil3.json",
-        ):
+    names = (
+        "truthful_qa/questions.json",
+        "../../../../evil.json",
+        "truthful_qa/../../../evil2.json",
+        "/abs/evil3.json",
+    )
+    with tarfile.open(tarball, "w:xz") as tar:
+        for name in names:
             info = tarfile.TarInfo(name)
             info.size = len(good)
             tar.addfile(info, _io.BytesIO(good))
-        link = tarfile.TarInfo(prefix + "simple_ethical_questions/task.json")
+        link = tarfile.TarInfo("simple_ethical_questions/task.json")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
-    dest = tmp_path / "x" / "cache"
-    assert bigbench.extract_bigbench(tarball, dest) == 1
-    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink())
-    assert written == ["bb.tar.gz", "x/cache/bigbench/truthful_qa/questions.json"]
+    sha = hashlib.sha256(good).hexdigest()
+    dest = tmp_path / "x" / "cache" / "bigbench"
+
+    def written() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink())
+
+    # only the manifest's names are read: traversal and absolute members are ignored
+    assert bigbench.extract_tasks(tarball, dest, {names[0]: sha}) == 1
+    assert written() == ["bb.tar.xz", "x/cache/bigbench/truthful_qa/questions.json"]
+    # a link is never followed: its name counts as missing
+    with pytest.raises(DataError, match="lacks 1 task files"):
+        bigbench.extract_tasks(tarball, dest, {names[0]: sha, "simple_ethical_questions/task.json": sha})
+    # even a manifest naming a path outside (a damaged install) writes nothing outside
+    for bad in names[1:3]:
+        with pytest.raises(DataError, match="outside the data directory"):
+            bigbench.extract_tasks(tarball, dest, {bad: sha})
+    assert written() == ["bb.tar.xz"]
