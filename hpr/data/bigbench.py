@@ -136,7 +136,8 @@ def extract_tasks(archive: Path, dest: Path, manifest: Mapping[str, str]) -> int
                 seen.add(m.name)
         if missing := sorted(set(manifest) - seen):
             raise DataError(
-                f"{archive.name} lacks {len(missing)} task files ({', '.join(missing[:3])}, ...); the hpr "
+                f"{archive.name} lacks {len(missing)} task files ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}); the hpr "
                 "installation is damaged: reinstall hpr, or pass --data-dir / HPR_DATA_DIR with the task files"
             )
     except (tarfile.TarError, EOFError, OSError) as exc:
