@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hpr._files import file_sha256
 from hpr.data import bigbench, hub, prompts, sources
 from hpr.data import datasets as data
 from hpr.data.records import Record
@@ -346,7 +347,7 @@ def test_carried_bigbench_unpacks_once_and_checks_every_file(tmp_path: Path, mon
     assert len(manifest) == 21 and all(len(h) == 64 for h in manifest.values())
     bb = bigbench.bigbench_tasks()
     assert bb == bigbench.bigbench_cache() / "bigbench"
-    got = {p.relative_to(bb).as_posix(): _sha(p.read_bytes()) for p in bb.rglob("*") if p.is_file()}
+    got = {p.relative_to(bb).as_posix(): file_sha256(p) for p in bb.rglob("*") if p.is_file()}
     assert got == manifest
     # the default source reads them: the real sizes (BBQ-lite: 9 categories x 2 conditions)
     assert len(data.load_dataset("seq").records) == 115
@@ -400,7 +401,7 @@ def test_pack_tasks_round_trip_is_deterministic(tmp_path: Path) -> None:
 def test_carried_bigbench_equals_shared_copy() -> None:
     """The carried archive and the independent copy in ../shared hold the same bytes."""
     for rel, digest in bigbench.task_manifest().items():
-        assert _sha((SHARED / "bigbench" / rel).read_bytes()) == digest, rel
+        assert file_sha256(SHARED / "bigbench" / rel) == digest, rel
 
 
 # ---------------------------------------------------------------- TruthfulQA MC1/MC2 sets

@@ -101,7 +101,7 @@ def bigbench_tasks(progress: Callable[[str], None] | None = None) -> Path:
     into ``bigbench_cache()/bigbench``, each checked against its sha256. Reruns are no-ops.
 
     PyPI no longer serves the ``bigbench==1.0.0`` sdist these files come from, so the package
-    carries them (12 MB as JSON, 0.3 MB compressed); the manifest's hashes were taken from the
+    carries them (11.6 MB as JSON, 0.29 MB compressed); the manifest's hashes were taken from the
     sdist (whose sha256 is ``BIGBENCH_SHA256``).
     """
     dest = bigbench_cache()
