@@ -28,6 +28,37 @@ def cache_dir() -> Path:
     return path
 
 
+def process_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """A new folder ``parent/<prefix>.<host>.<pid>.<random>`` for files this process needs only
+    while it runs (its owner removes it). Folders that earlier processes on this host left behind
+    because they were killed first (their pid no longer runs) are removed here; folders of live
+    processes, and of other hosts sharing the cache, are never touched."""
+    import shutil
+    import socket
+
+    root = Path(parent)
+    root.mkdir(parents=True, exist_ok=True)
+    host = slug(socket.gethostname()).replace(".", "-")
+    for old in root.iterdir():
+        parts = old.name.rsplit(".", 3)
+        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not _running(int(parts[2])):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{slug(prefix)}.{host}.{os.getpid()}.", dir=root))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one of another user counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -217,3 +217,42 @@ def test_killed_eval_leaves_no_results_and_rerun_resumes(tmp_path: Path) -> None
     again = _hpr(args, env)  # a finished run is returned as is
     again.communicate(timeout=300)
     assert json.loads((out / "results.json").read_text())["created"] == first["created"]
+
+
+def test_process_dir_removes_what_killed_processes_left(tmp_path: Path) -> None:
+    """A process killed with SIGKILL cannot remove its scratch folder (the study's offload folder);
+    the next ``process_dir`` under the same parent removes it, and keeps the folders of live
+    processes, of other hosts sharing the cache, and anything it did not name."""
+    parent = tmp_path / "offload"
+    code = (
+        "import os, signal, sys; from hpr import _files; "
+        "d = _files.process_dir(sys.argv[1], 'org/model'); (d / 'w.safetensors').write_bytes(b'x'); "
+        "print(d, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(parent)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = Path(proc.stdout.strip())
+    assert killed.parent == parent and (killed / "w.safetensors").is_file()
+    assert killed.name.startswith("org--model.")
+    host = killed.name.rsplit(".", 3)[1]
+    live = parent / f"m.{host}.{os.getppid()}.abc"  # the process that started pytest runs
+    other_host = parent / f"m.{host}x.999999999.abc"  # a pid that does not run here
+    unnamed = parent / "keep-me"
+    for d in (live, other_host, unnamed):
+        d.mkdir()
+    mine = _files.process_dir(parent, "org/model")
+    assert not killed.exists()
+    assert live.is_dir() and other_host.is_dir() and unnamed.is_dir()
+    assert mine.is_dir() and mine.name.split(".")[2] == str(os.getpid())
+    assert _files.process_dir(parent, "org/model").is_dir() and mine.is_dir()  # its own folder stays
+
+
+def test_process_of_another_user_counts_as_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.kill(pid, 0)`` on another user's process raises PermissionError: that process runs, so
+    its folder is kept; only "no such process" means it is gone."""
+
+    def kill(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted") if pid == 1 else ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(os, "kill", kill)
+    assert _files._running(1) and not _files._running(2**22 + 7)

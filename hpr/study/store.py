@@ -149,7 +149,7 @@ def _tiny_dir() -> Path:
 def _load(name: str, device: str, dtype: str | None, device_map: str | None = None) -> tuple[nn.Module, Any]:
     """With a ``device_map``, blocks it puts on the disk keep their weights in a fresh folder under
     ``cache_dir()/offload`` (only checkpoints that are not safetensors write there), removed when
-    the model is freed or the process ends."""
+    the model is freed or the process ends, or by the next load if the process was killed first."""
     from hpr.lm.models import load_model
 
     if name == TINY:
@@ -159,12 +159,9 @@ def _load(name: str, device: str, dtype: str | None, device_map: str | None = No
     if device_map is None:
         return load_model(name, device=device, dtype=dtype)
     import shutil
-    import tempfile
     import weakref
 
-    offload = _files.cache_dir() / "offload"
-    offload.mkdir(exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=f"{slug(name)}.", dir=offload)
+    folder = _files.process_dir(_files.cache_dir() / "offload", name)
     try:
         model, tok = load_model(name, device=device, dtype=dtype, device_map=device_map, offload_folder=folder)
     except BaseException:
