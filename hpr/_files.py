@@ -47,8 +47,9 @@ def process_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
 
 
 def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (one of another user counts)."""
-    if pid == os.getpid():
+    """Whether process ``pid`` exists on this host (one of another user counts). Always true on
+    Windows, where ``os.kill`` would end the process instead of probing it."""
+    if pid == os.getpid() or os.name == "nt":
         return True
     try:
         os.kill(pid, 0)

@@ -243,7 +243,7 @@ def test_process_dir_removes_what_killed_processes_left(tmp_path: Path) -> None:
     mine = _files.process_dir(parent, "org/model")
     assert not killed.exists()
     assert live.is_dir() and other_host.is_dir() and unnamed.is_dir()
-    assert mine.is_dir() and mine.name.split(".")[2] == str(os.getpid())
+    assert mine.is_dir() and mine.name.rsplit(".", 3)[2] == str(os.getpid())
     assert _files.process_dir(parent, "org/model").is_dir() and mine.is_dir()  # its own folder stays
 
 
