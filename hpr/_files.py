@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +30,61 @@ def cache_dir() -> Path:
 
 
 def process_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
-    """A new folder ``parent/<prefix>.<host>.<pid>.<random>`` for files this process needs only
-    while it runs (its owner removes it). Folders that earlier processes on this host left behind
-    because they were killed first (their pid no longer runs) are removed here; folders of live
-    processes, and of other hosts sharing the cache, are never touched."""
-    import shutil
-    import socket
-
+    """A new folder ``parent/<prefix>.<owner>.<pid>.<random>`` for files this process needs only
+    while it runs (its owner removes it). What earlier processes left in ``parent`` because they
+    were killed first is removed here (see :func:`sweep_dead`)."""
     root = Path(parent)
     root.mkdir(parents=True, exist_ok=True)
+    sweep_dead(root)
+    return Path(tempfile.mkdtemp(prefix=f"{slug(prefix)}.{_owner()}.{os.getpid()}.", dir=root))
+
+
+def staging_dir(dest: str | os.PathLike[str]) -> Path:
+    """A new hidden folder next to ``dest`` to build it in before renaming it onto ``dest``. A
+    staging folder or file that a killed process left next to it is removed first."""
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_dead(path.parent)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.{os.getpid()}.", dir=path.parent))
+
+
+# <stem>.<owner>.<pid>.<8 random chars from tempfile>[.tmp]; nothing else is ever swept
+_SCRATCH = re.compile(r"^.+\.(?P<owner>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[a-z0-9_]{8}(?:\.tmp)?$")
+
+
+def sweep_dead(parent: str | os.PathLike[str]) -> None:
+    """Remove the scratch folders and files (named by :func:`process_dir`, :func:`staging_dir`,
+    :func:`atomic_path`) in ``parent`` whose process was killed before it could remove them:
+    same host and pid namespace as this process, and the pid no longer runs. Scratch of live
+    processes, of other hosts or containers sharing the folder, and any other name are kept."""
+    import shutil
+
+    owner = _owner()
+    try:
+        entries = list(Path(parent).iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        m = _SCRATCH.match(entry.name)
+        if not m or m["owner"] != owner or _running(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                entry.unlink()
+
+
+def _owner() -> str:
+    """This host and its pid namespace (``<host>-<namespace inode>`` on Linux): a pid means the
+    same process only within one, and containers on one host may share a host name."""
+    import socket
+
     host = slug(socket.gethostname()).replace(".", "-")
-    for old in root.iterdir():
-        parts = old.name.rsplit(".", 3)
-        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not _running(int(parts[2])):
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{slug(prefix)}.{host}.{os.getpid()}.", dir=root))
+    try:
+        return f"{host}-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
 
 
 def _running(pid: int) -> bool:
@@ -68,10 +109,12 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+    A temporary file that a killed process left next to it is removed first."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    sweep_dead(dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{_owner()}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
     try:
@@ -194,6 +237,4 @@ def git_commit(root: str | os.PathLike[str] | None = None) -> tuple[str, bool] |
 
 def slug(name: str) -> str:
     """A file-system-safe name for a model spec or any label (``org/name`` -> ``org--name``)."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9_.-]+", "--", name.strip("/")).strip("-") or "model"

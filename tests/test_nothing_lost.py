@@ -219,32 +219,76 @@ def test_killed_eval_leaves_no_results_and_rerun_resumes(tmp_path: Path) -> None
     assert json.loads((out / "results.json").read_text())["created"] == first["created"]
 
 
+def _killed_child(code: str, *args: str) -> list[Path]:
+    """Run ``code`` in a child Python that prints paths, then SIGKILLs itself; return the paths."""
+    code += "; import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return [Path(line) for line in proc.stdout.split()]
+
+
+def _bystanders(parent: Path, owner: str, stem: str) -> list[Path]:
+    """Scratch names that no sweep may remove: a live process's, another host's, another pid
+    namespace's (a container on this host) and a name not made by ``_files``."""
+    dead = "999999999"  # no such pid here
+    names = [
+        f"{stem}.{owner}.{os.getppid()}.abcd_123",  # the process that started pytest runs
+        f"{stem}.{owner}x.{dead}.abcd_123",
+        f"{stem}.{owner.rsplit('-', 1)[0]}-1.{dead}.abcd_123",
+        f"{stem}.{owner}.{dead}.abc",
+        "keep-me",
+    ]
+    for name in names:
+        (parent / name).mkdir(parents=True)
+    return [parent / n for n in names]
+
+
 def test_process_dir_removes_what_killed_processes_left(tmp_path: Path) -> None:
     """A process killed with SIGKILL cannot remove its scratch folder (the study's offload folder);
     the next ``process_dir`` under the same parent removes it, and keeps the folders of live
-    processes, of other hosts sharing the cache, and anything it did not name."""
+    processes, of other hosts or containers sharing the cache, and anything it did not name."""
     parent = tmp_path / "offload"
-    code = (
-        "import os, signal, sys; from hpr import _files; "
-        "d = _files.process_dir(sys.argv[1], 'org/model'); (d / 'w.safetensors').write_bytes(b'x'); "
-        "print(d, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    (killed,) = _killed_child(
+        "import sys; from hpr import _files; "
+        "d = _files.process_dir(sys.argv[1], 'org/model'); (d / 'w.safetensors').write_bytes(b'x'); print(d)",
+        str(parent),
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(parent)], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    killed = Path(proc.stdout.strip())
     assert killed.parent == parent and (killed / "w.safetensors").is_file()
     assert killed.name.startswith("org--model.")
-    host = killed.name.rsplit(".", 3)[1]
-    live = parent / f"m.{host}.{os.getppid()}.abc"  # the process that started pytest runs
-    other_host = parent / f"m.{host}x.999999999.abc"  # a pid that does not run here
-    unnamed = parent / "keep-me"
-    for d in (live, other_host, unnamed):
-        d.mkdir()
+    owner = killed.name.rsplit(".", 3)[1]
+    assert owner == _files._owner()
+    keep = _bystanders(parent, owner, "m")
     mine = _files.process_dir(parent, "org/model")
     assert not killed.exists()
-    assert live.is_dir() and other_host.is_dir() and unnamed.is_dir()
+    assert all(k.is_dir() for k in keep)
     assert mine.is_dir() and mine.name.rsplit(".", 3)[2] == str(os.getpid())
     assert _files.process_dir(parent, "org/model").is_dir() and mine.is_dir()  # its own folder stays
+
+
+def test_staging_left_by_a_killed_process_is_swept(tmp_path: Path) -> None:
+    """A process killed while it builds a cache folder (``staging_dir``: the dequantized model, the
+    tiny model) or writes an artifact (``atomic_path``) leaves a hidden scratch entry next to the
+    destination; the next staging or atomic write in that folder removes it, nothing else."""
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    stage, tmp = _killed_child(
+        "import sys; from pathlib import Path; from hpr import _files; "
+        "d = _files.staging_dir(Path(sys.argv[1]) / 'smollm2-abc'); (d / 'model.safetensors').write_bytes(b'w'); "
+        "cm = _files.atomic_path(Path(sys.argv[2]) / 'results.json'); t = cm.__enter__(); t.write_text('{'); "
+        "print(d, t)",
+        str(models),
+        str(runs),
+    )
+    assert stage.parent == models and stage.name.startswith(".smollm2-abc.") and (stage / "model.safetensors").is_file()
+    assert tmp.parent == runs and tmp.name.startswith(".results.json.") and tmp.name.endswith(".tmp")
+    keep = _bystanders(models, _files._owner(), ".smollm2-abc") + _bystanders(runs, _files._owner(), ".results.json")
+
+    _files.write_json(runs / "results.json", {"ok": 1})
+    assert not tmp.exists() and json.loads((runs / "results.json").read_text()) == {"ok": 1}
+    assert stage.exists()  # only the folder written to is swept
+    fresh = _files.staging_dir(models / "smollm2-abc")
+    assert not stage.exists() and fresh.is_dir() and fresh.name.startswith(".smollm2-abc.")
+    assert all(k.is_dir() for k in keep)
+    _files.sweep_dead(tmp_path / "missing")  # a folder not made yet has nothing to sweep
 
 
 def test_process_of_another_user_counts_as_running(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,3 +300,58 @@ def test_process_of_another_user_counts_as_running(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(os, "kill", kill)
     assert _files._running(1) and not _files._running(2**22 + 7)
+
+
+@pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="Linux pid namespaces only")
+def test_scratch_owner_names_the_pid_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Containers on one host can share its name, and a pid names a process only within one pid
+    namespace: the owner token carries both, so one container never sweeps another's scratch."""
+    mine = _files._owner()
+    assert mine.endswith(f"-{os.stat('/proc/self/ns/pid').st_ino}")
+    real_stat = os.stat
+    monkeypatch.setattr(
+        os,
+        "stat",
+        lambda p, *a, **k: (
+            os.stat_result((0, 7, 0, 0, 0, 0, 0, 0, 0, 0)) if str(p) == "/proc/self/ns/pid" else real_stat(p, *a, **k)
+        ),
+    )
+    assert _files._owner() != mine and _files._owner().endswith("-7")
+
+
+def test_gemma_assembly_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Gemma GGUF is assembled from its chunk packages into a scratch file renamed into the
+    model cache: a failed assembly leaves neither a partial GGUF nor the scratch file."""
+    import dataclasses
+    import hashlib
+    import types
+
+    from hpr.errors import ModelError
+    from hpr.lm.models import EMBEDDED, _assemble_gemma
+
+    whole = b"GGUF" + bytes(range(256)) * 64
+    fake = types.ModuleType("fake_gemma_chunks")
+    fake.MODEL_NAME = "gemma-fake.gguf"  # type: ignore[attr-defined]
+    fake.EXPECTED_SHA256 = hashlib.sha256(whole).hexdigest()  # type: ignore[attr-defined]
+    fail = {"now": True}
+
+    def assemble(path: Path, overwrite: bool = False) -> Path:
+        assert overwrite
+        with open(path, "wb") as fh:
+            fh.write(whole[:1000])
+            if fail["now"]:
+                raise OSError("chunk 3 of 4 is missing")
+            fh.write(whole[1000:])
+        return Path(path)
+
+    fake.assemble = assemble  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_gemma_chunks", fake)
+    monkeypatch.setenv("HPR_MODEL_CACHE", str(tmp_path))
+    emb = dataclasses.replace(EMBEDDED["gemma3-270m"], module="fake_gemma_chunks")
+    with pytest.raises(ModelError, match=r"chunk 3 of 4 is missing.*pip install --force-reinstall"):
+        _assemble_gemma(emb)
+    assert list((tmp_path / "gguf").iterdir()) == []
+    fail["now"] = False
+    dest = _assemble_gemma(emb)
+    assert dest == tmp_path / "gguf" / "gemma-fake.gguf" and dest.read_bytes() == whole
+    assert [p.name for p in (tmp_path / "gguf").iterdir()] == ["gemma-fake.gguf"]

