@@ -33,19 +33,25 @@ def process_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
     """A new folder ``parent/<prefix>.<owner>.<pid>.<random>`` for files this process needs only
     while it runs (its owner removes it). What earlier processes left in ``parent`` because they
     were killed first is removed here (see :func:`sweep_dead`)."""
-    root = Path(parent)
-    root.mkdir(parents=True, exist_ok=True)
-    sweep_dead(root)
-    return Path(tempfile.mkdtemp(prefix=f"{slug(prefix)}.{_owner()}.{os.getpid()}.", dir=root))
+    return _scratch_dir(Path(parent), slug(prefix))
 
 
 def staging_dir(dest: str | os.PathLike[str]) -> Path:
     """A new hidden folder next to ``dest`` to build it in before renaming it onto ``dest``. A
     staging folder or file that a killed process left next to it is removed first."""
     path = Path(dest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_dead(path.parent)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.{os.getpid()}.", dir=path.parent))
+    return _scratch_dir(path.parent, f".{path.name}")
+
+
+def _scratch_dir(parent: Path, stem: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep_dead(parent)
+    return Path(tempfile.mkdtemp(prefix=_scratch_prefix(stem), dir=parent))
+
+
+def _scratch_prefix(stem: str) -> str:
+    """``<stem>.<owner>.<pid>.``: tempfile appends 8 random characters (what :data:`_SCRATCH` reads)."""
+    return f"{stem}.{_owner()}.{os.getpid()}."
 
 
 # <stem>.<owner>.<pid>.<8 random chars from tempfile>[.tmp]; nothing else is ever swept
@@ -114,7 +120,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sweep_dead(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{_owner()}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(f".{dest.name}"), suffix=".tmp", dir=dest.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
     try:
