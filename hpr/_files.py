@@ -68,7 +68,7 @@ def sweep_dead(parent: str | os.PathLike[str]) -> None:
     owner = _owner()
     try:
         entries = list(Path(parent).iterdir())
-    except FileNotFoundError:
+    except OSError:  # missing, or not listable: nothing to sweep, and the write goes ahead
         return
     for entry in entries:
         m = _SCRATCH.match(entry.name)
@@ -76,8 +76,8 @@ def sweep_dead(parent: str | os.PathLike[str]) -> None:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with suppress(FileNotFoundError):
+        else:  # another user's file in a shared folder may not be ours to remove: never fail a write
+            with suppress(OSError):
                 entry.unlink()
 
 

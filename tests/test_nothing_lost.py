@@ -355,3 +355,22 @@ def test_gemma_assembly_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     dest = _assemble_gemma(emb)
     assert dest == tmp_path / "gguf" / "gemma-fake.gguf" and dest.read_bytes() == whole
     assert [p.name for p in (tmp_path / "gguf").iterdir()] == ["gemma-fake.gguf"]
+
+
+def test_a_scratch_file_that_cannot_be_removed_never_fails_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed process of another user can leave a scratch file in a shared folder that this user
+    may not delete (sticky bit): the sweep skips it and the write goes ahead."""
+    stale = tmp_path / f".results.json.{_files._owner()}.999999999.abcd_123.tmp"
+    stale.write_text("{")
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self == stale:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    _files.write_json(tmp_path / "results.json", {"ok": 1})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"ok": 1} and stale.exists()
