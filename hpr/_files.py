@@ -44,9 +44,14 @@ def staging_dir(dest: str | os.PathLike[str]) -> Path:
 
 
 def _scratch_dir(parent: Path, stem: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=_scratch_prefix(stem), dir=_swept(parent)))
+
+
+def _swept(parent: Path) -> Path:
+    """``parent``, created, with what killed processes left in it removed."""
     parent.mkdir(parents=True, exist_ok=True)
     sweep_dead(parent)
-    return Path(tempfile.mkdtemp(prefix=_scratch_prefix(stem), dir=parent))
+    return parent
 
 
 def _scratch_prefix(stem: str) -> str:
@@ -118,9 +123,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
     A temporary file that a killed process left next to it is removed first."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    sweep_dead(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(f".{dest.name}"), suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(f".{dest.name}"), suffix=".tmp", dir=_swept(dest.parent))
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
     try:
