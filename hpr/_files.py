@@ -59,13 +59,13 @@ def _scratch_prefix(stem: str) -> str:
     return f"{stem}.{_owner()}.{os.getpid()}."
 
 
-# <stem>.<owner>.<pid>.<8 random chars from tempfile>[.tmp]; nothing else is ever swept
-_SCRATCH = re.compile(r"^.+\.(?P<owner>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[a-z0-9_]{8}(?:\.tmp)?$")
+# <stem>.<owner>.<pid>.<8 random chars from tempfile>[.tmp|.ipynb]; nothing else is ever swept
+_SCRATCH = re.compile(r"^.+\.(?P<owner>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[a-z0-9_]{8}(?:\.tmp|\.ipynb)?$")
 
 
 def sweep_dead(parent: str | os.PathLike[str]) -> None:
     """Remove the scratch folders and files (named by :func:`process_dir`, :func:`staging_dir`,
-    :func:`atomic_path`) in ``parent`` whose process was killed before it could remove them:
+    :func:`scratch_file`) in ``parent`` whose process was killed before it could remove them:
     same host and pid namespace as this process, and the pid no longer runs. Scratch of live
     processes, of other hosts or containers sharing the folder, and any other name are kept."""
     import shutil
@@ -118,16 +118,26 @@ def _umask() -> int:
     return mask
 
 
+def scratch_file(dest: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
+    """A new empty hidden file next to ``dest`` (``suffix`` ``.tmp`` or ``.ipynb``) to write ``dest``
+    in before renaming it onto ``dest``. Scratch that killed processes left there is removed first."""
+    if suffix not in (".tmp", ".ipynb"):
+        raise ValueError(f"scratch suffix {suffix!r}: use '.tmp' or '.ipynb' (the only ones swept)")
+    path = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(f".{path.name}"), suffix=suffix, dir=_swept(path.parent))
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
+    return Path(tmp)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
     A temporary file that a killed process left next to it is removed first."""
     dest = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(f".{dest.name}"), suffix=".tmp", dir=_swept(dest.parent))
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
+    tmp = scratch_file(dest)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

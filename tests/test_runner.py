@@ -105,6 +105,37 @@ def test_run_resume_and_failure(study: Path) -> None:
     assert any("FAILED in code cell 3" in line for line in logs)
 
 
+def test_running_notebook_is_scratch_a_later_run_sweeps(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """papermill writes into a scratch file named by ``_files`` (this process's owner and pid), so
+    what a killed run left is removed by the next run into that folder, and two runs never share
+    one; the executed notebook names its final path as papermill's ``output_path``."""
+    import papermill as pm
+
+    from hpr import _files
+
+    written: list[Path] = []
+    execute = pm.execute_notebook
+
+    def spy(src: str, out: str, **kw: object) -> object:
+        written.append(Path(out))
+        return execute(src, out, **kw)
+
+    monkeypatch.setattr(pm, "execute_notebook", spy)
+    nbdir = study / "book" / "notebooks"
+    nbdir.mkdir(parents=True)
+    left = nbdir / f".c.ipynb.{_files._owner()}.999999999.abcd_123.ipynb"  # a killed run's (no such pid)
+    left.write_text("{")
+    assert [r.status for r in runner.run_study("cpu", {}, only=["c"], root=study, log=lambda _: None)] == ["ran"]
+    (tmp,) = written
+    m = _files._SCRATCH.match(tmp.name)
+    assert tmp.parent == nbdir and m and (m["owner"], m["pid"]) == (_files._owner(), str(os.getpid()))
+    assert not left.exists() and sorted(p.name for p in nbdir.iterdir()) == ["c.ipynb"]
+    nb = nbformat.read(nbdir / "c.ipynb", as_version=4)
+    assert nb.metadata["papermill"]["output_path"] == str(nbdir / "c.ipynb")
+    with pytest.raises(ValueError, match="'.tmp' or '.ipynb'"):
+        _files.scratch_file(nbdir / "c.ipynb", suffix=".json")
+
+
 def test_cli_run_only_and_unknown(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--root", str(study), "--only", "c", "-p", "seed=5"]) == 0
     assert "c " in capsys.readouterr().out

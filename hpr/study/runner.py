@@ -80,11 +80,14 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _stamp(path: Path, record: Mapping[str, Any]) -> None:
-    """Put the run record into the executed notebook: ``metadata.hpr``, a compact parameter line
-    after the title, a final run-record cell; tag the parameter and setup cells ``remove-cell``."""
+def _stamp(path: Path, record: Mapping[str, Any], dest: Path) -> None:
+    """Put the run record into the executed notebook at ``path`` (renamed to ``dest`` next):
+    ``metadata.hpr``, a compact parameter line after the title, a final run-record cell; tag the
+    parameter and setup cells ``remove-cell``; papermill's ``output_path`` names ``dest``."""
     nb = nbformat.read(path, as_version=4)
     nb.metadata["hpr"] = dict(record)
+    if "papermill" in nb.metadata:
+        nb.metadata["papermill"]["output_path"] = str(dest)
     params = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sorted(record["parameters"].items()))
     text = (
         "**Run record.** "
@@ -261,8 +264,7 @@ def run_study(
                 continue
             log(f"[hpr run] {spec.name}: running ({profile} profile): {why}")
             failed_path = base / output_dir / "failed" / f"{spec.name}.ipynb"
-            tmp = dest.with_name(f".{spec.name}.running.ipynb")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _files.scratch_file(dest, suffix=".ipynb")  # swept by a later run if this one is killed
             t0 = time.perf_counter()
             try:
                 pm.execute_notebook(
@@ -302,7 +304,7 @@ def run_study(
                 "out_dir": out_dir,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             }
-            _stamp(tmp, record)
+            _stamp(tmp, record, dest)
             os.replace(tmp, dest)
             if failed_path.exists():
                 failed_path.unlink()
