@@ -14,7 +14,7 @@ import json
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ def evaluate_task(
         "timings": {"score_s": round(score_s, 3)},
         "versions": versions(),
         "git": _git(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "predictions": PREDICTIONS_FILE,
     }
     _files.write_json(out / RESULTS_FILE, results)
@@ -298,7 +298,7 @@ def evaluate(
         },
         "versions": versions(),
         "git": _git(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "predictions": PREDICTIONS_FILE,
     }
     _files.write_json(out / RESULTS_FILE, results)
