@@ -59,10 +59,7 @@ def test_environment_yml_repeats_the_same_pins() -> None:
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     requirements = [r for r in pip_section if not r.startswith("-")]
-    pins = _pins()
-    assert not _mismatches(requirements, pins)
-    loose = [r for r in requirements if canonicalize_name(Requirement(r).name) in pins and "==" not in r]
-    assert not loose, f"environment.yml leaves pinned packages loose: {loose}"
+    assert not _mismatches(requirements, _pins())  # a loose entry ("numpy") mismatches too
 
 
 def test_gpu_wheels_carry_the_pinned_versions() -> None:
